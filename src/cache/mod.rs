@@ -1,0 +1,316 @@
+//! Redis read-through cache. A Redis failure never fails a request: every
+//! operation is bounded by a timeout, and errors are logged, counted and
+//! treated as a miss.
+//!
+//! Entries carry the context's generation (see [`Context::generation`]) and a
+//! Lua script only replaces an entry with a newer one. Writers store the new
+//! state (or a tombstone) after their commit; a reader that loaded an older row
+//! before the write cannot put it back. So a read after a write is never stale,
+//! across any number of instances sharing one Redis.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+
+use crate::config::RedisSettings;
+use crate::domain::{Context, ContextId};
+
+const PUT_IF_NEWER: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local gen = tonumber(string.match(cur, '^(%-?%d+)|'))
+  if gen and gen >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// A deleted context: cached so that a concurrent reader cannot revive it.
+const TOMBSTONE: &str = "";
+/// Generation of a hard-deleted row: nothing can be newer.
+const GONE: i64 = i64::MAX / 2;
+
+pub enum Lookup {
+    Hit(Box<Context>),
+    /// Deleted: answer 404 without asking the database.
+    Gone,
+    Miss,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheHealth {
+    Ok,
+    Down,
+    Disabled,
+}
+
+#[derive(Clone)]
+pub struct Cache {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    prefix: String,
+    ttl: Duration,
+    embedding_ttl: Duration,
+    op_timeout: Duration,
+    put_script: Script,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CacheError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("corrupt cache entry: {0}")]
+    Corrupt(String),
+}
+
+impl Cache {
+    /// A cache that never connects (no REDIS_URL).
+    pub fn disabled() -> Self {
+        Self { inner: None }
+    }
+
+    /// Does not connect: the first operation does, so a Redis that starts after
+    /// us (or comes back) is picked up without a restart.
+    pub fn new(settings: &RedisSettings) -> Result<Self, redis::RedisError> {
+        let Some(url) = &settings.url else {
+            return Ok(Self::disabled());
+        };
+        let client = redis::Client::open(url.expose())?;
+        Ok(Self {
+            inner: Some(Arc::new(Inner {
+                client,
+                conn: OnceCell::new(),
+                prefix: settings.key_prefix.clone(),
+                ttl: settings.ttl,
+                embedding_ttl: settings.embedding_ttl,
+                op_timeout: settings.op_timeout,
+                put_script: Script::new(PUT_IF_NEWER),
+            })),
+        })
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    pub async fn health(&self) -> CacheHealth {
+        let Some(inner) = &self.inner else {
+            return CacheHealth::Disabled;
+        };
+        let ping = inner
+            .run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await;
+        match ping {
+            Ok(_) => CacheHealth::Ok,
+            Err(e) => {
+                tracing::debug!(error = %e, "redis health check failed");
+                CacheHealth::Down
+            }
+        }
+    }
+
+    pub async fn get_context(&self, id: ContextId) -> Lookup {
+        let Some(inner) = &self.inner else {
+            return Lookup::Miss;
+        };
+        let key = inner.context_key(id);
+        let got = inner
+            .run(|mut c| async move { c.get::<_, Option<String>>(key).await })
+            .await
+            .and_then(|v| v.map(|s| decode(&s)).transpose());
+        match got {
+            Ok(Some(Some(ctx))) => {
+                metrics::counter!("cache_hits_total", "kind" => "context").increment(1);
+                Lookup::Hit(Box::new(ctx))
+            }
+            Ok(Some(None)) => {
+                metrics::counter!("cache_hits_total", "kind" => "context").increment(1);
+                Lookup::Gone
+            }
+            Ok(None) => {
+                metrics::counter!("cache_misses_total", "kind" => "context").increment(1);
+                Lookup::Miss
+            }
+            Err(e) => {
+                failed("get_context", &e);
+                Lookup::Miss
+            }
+        }
+    }
+
+    /// Stores `ctx` unless the cache already holds a newer generation.
+    pub async fn put_context(&self, ctx: &Context) {
+        let Some(inner) = &self.inner else { return };
+        let json = serde_json::to_string(ctx).expect("contexts always serialize");
+        let mut ttl = inner.ttl;
+        if let Some(at) = ctx.expires_at {
+            // Never outlive the context itself.
+            let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+            ttl = ttl.min(left.max(Duration::from_millis(1)));
+        }
+        inner
+            .put(ctx.id, ctx.generation(), &json, ttl, "put_context")
+            .await;
+    }
+
+    /// Marks a context deleted at `generation` (`None`: removed for good).
+    pub async fn put_tombstone(&self, id: ContextId, generation: Option<i64>) {
+        let Some(inner) = &self.inner else { return };
+        inner
+            .put(
+                id,
+                generation.unwrap_or(GONE),
+                TOMBSTONE,
+                inner.ttl,
+                "put_tombstone",
+            )
+            .await;
+    }
+
+    pub async fn get_embedding(&self, model: &str, text: &str) -> Option<Vec<f32>> {
+        let inner = self.inner.as_ref()?;
+        let key = inner.embedding_key(model, text);
+        let got = inner
+            .run(|mut c| async move { c.get::<_, Option<Vec<u8>>>(key).await })
+            .await;
+        match got {
+            Ok(Some(bytes)) if bytes.len() % 4 == 0 => {
+                metrics::counter!("cache_hits_total", "kind" => "embedding").increment(1);
+                Some(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                )
+            }
+            Ok(Some(_)) => {
+                failed(
+                    "get_embedding",
+                    &CacheError::Corrupt("length is not a multiple of 4".into()),
+                );
+                None
+            }
+            Ok(None) => {
+                metrics::counter!("cache_misses_total", "kind" => "embedding").increment(1);
+                None
+            }
+            Err(e) => {
+                failed("get_embedding", &e);
+                None
+            }
+        }
+    }
+
+    pub async fn put_embedding(&self, model: &str, text: &str, vector: &[f32]) {
+        let Some(inner) = &self.inner else { return };
+        let key = inner.embedding_key(model, text);
+        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let ttl = inner.embedding_ttl.as_secs().max(1);
+        if let Err(e) = inner
+            .run(|mut c| async move { c.set_ex::<_, _, ()>(key, bytes, ttl).await })
+            .await
+        {
+            failed("put_embedding", &e);
+        }
+    }
+}
+
+impl Inner {
+    fn context_key(&self, id: ContextId) -> String {
+        format!("{}ctx:{}", self.prefix, id.0)
+    }
+
+    fn embedding_key(&self, model: &str, text: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(model.as_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+        format!("{}emb:{}", self.prefix, hex::encode(h.finalize()))
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, CacheError> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(self.op_timeout)
+                    .set_response_timeout(self.op_timeout)
+                    .set_number_of_retries(1);
+                ConnectionManager::new_with_config(self.client.clone(), config).await
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    /// Runs one operation within the cache's timeout.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let work = async {
+            let conn = self.connection().await?;
+            Ok::<T, CacheError>(op(conn).await?)
+        };
+        match tokio::time::timeout(self.op_timeout * 2, work).await {
+            Ok(r) => r,
+            Err(_) => Err(CacheError::Timeout(self.op_timeout * 2)),
+        }
+    }
+
+    async fn put(
+        &self,
+        id: ContextId,
+        generation: i64,
+        body: &str,
+        ttl: Duration,
+        op: &'static str,
+    ) {
+        let key = self.context_key(id);
+        let ms = ttl.as_millis().max(1) as u64;
+        let body = body.to_owned();
+        let script = &self.put_script;
+        let res = self
+            .run(|mut c| async move {
+                script
+                    .key(key)
+                    .arg(generation)
+                    .arg(body)
+                    .arg(ms)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+        if let Err(e) = res {
+            failed(op, &e);
+        }
+    }
+}
+
+/// `version|json`, or `version|` for a tombstone.
+fn decode(s: &str) -> Result<Option<Context>, CacheError> {
+    let (_, body) = s
+        .split_once('|')
+        .ok_or_else(|| CacheError::Corrupt("no generation prefix".into()))?;
+    if body == TOMBSTONE {
+        return Ok(None);
+    }
+    serde_json::from_str(body)
+        .map(Some)
+        .map_err(|e| CacheError::Corrupt(e.to_string()))
+}
+
+fn failed(op: &'static str, e: &CacheError) {
+    metrics::counter!("cache_errors_total", "op" => op).increment(1);
+    tracing::warn!(op, error = %e, "cache bypassed");
+}

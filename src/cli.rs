@@ -1,0 +1,128 @@
+//! The command line: `serve` (default), `migrate`, `healthcheck`, `config`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::startup::App;
+use crate::store::{self, Store};
+use crate::{shutdown, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "context-api",
+    version,
+    about = "Context management service: per-user LLM memory with vector search"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve {
+        /// Apply pending migrations before serving (for development; in
+        /// production run `context-api migrate` as a separate step).
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Apply the migrations in migrations/ and exit.
+    Migrate,
+    /// GET this service's /health on the configured port; exit 0 when alive.
+    Healthcheck {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
+    /// Print the effective configuration, secrets redacted.
+    Config,
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve { migrate: false }) {
+        Command::Config => {
+            print!("{}", settings.redacted());
+            ExitCode::SUCCESS
+        }
+        Command::Healthcheck { timeout } => {
+            healthcheck(settings.bind_address, Duration::from_secs(timeout)).await
+        }
+        Command::Migrate => {
+            telemetry::init_logging(&settings.log);
+            exit_on(migrate(&settings).await)
+        }
+        Command::Serve { migrate } => {
+            telemetry::init_logging(&settings.log);
+            if settings.auth.keys.is_none() {
+                tracing::warn!("AUTH_DISABLED=true: every caller has admin access to all contexts");
+            }
+            let result = async {
+                let app = App::build(settings, migrate).await?;
+                app.run(shutdown::signal()).await
+            };
+            exit_on(result.await)
+        }
+    }
+}
+
+async fn migrate(settings: &Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Store::connect(&settings.database, settings.embeddings.dim).await?;
+    store::migrate(store.pool(), settings.embeddings.dim).await?;
+    tracing::info!(
+        embedding_dim = settings.embeddings.dim,
+        "migrations applied"
+    );
+    store.close().await;
+    Ok(())
+}
+
+fn exit_on<E: std::fmt::Display>(r: Result<(), E>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "exiting");
+            eprintln!("context-api: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The container image has no curl: this is its HEALTHCHECK.
+async fn healthcheck(bind: SocketAddr, timeout: Duration) -> ExitCode {
+    let ip = match bind.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let url = format!("http://{}/health", SocketAddr::new(ip, bind.port()));
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.get(&url).send().await {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("healthcheck: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,345 @@
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::ValidationError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ContextId(pub Uuid);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(pub Uuid);
+
+fn parse_uuid(field: &'static str, s: &str) -> Result<Uuid, ValidationError> {
+    Uuid::parse_str(s).map_err(|_| ValidationError::new(field, format!("{s:?} is not a UUID")))
+}
+
+impl ContextId {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        parse_uuid("id", s).map(Self)
+    }
+    pub fn new() -> Self {
+        // v7: time-ordered, so new rows land at the end of the primary key index.
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for ContextId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UserId {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        parse_uuid("user_id", s).map(Self)
+    }
+}
+
+/// 1 to 50 characters, as the `VARCHAR(50)` column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ContextType(String);
+
+impl ContextType {
+    pub const MAX_CHARS: usize = 50;
+
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let n = s.chars().count();
+        if n == 0 || n > Self::MAX_CHARS {
+            return Err(ValidationError::new(
+                "context_type",
+                format!("must be 1 to {} characters, got {n}", Self::MAX_CHARS),
+            ));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                "context_type",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A JSON object (never an array or scalar).
+pub type JsonObject = Map<String, Value>;
+
+pub fn json_object(field: &'static str, v: Value) -> Result<JsonObject, ValidationError> {
+    match v {
+        Value::Object(m) => Ok(m),
+        other => Err(ValidationError::new(
+            field,
+            format!("must be a JSON object, got {}", json_kind(&other)),
+        )),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A vector of exactly the configured dimension, all values finite.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding(Vec<f32>);
+
+impl Embedding {
+    pub fn parse(
+        field: &'static str,
+        values: Vec<f32>,
+        dim: usize,
+    ) -> Result<Self, ValidationError> {
+        if values.len() != dim {
+            return Err(ValidationError::new(
+                field,
+                format!("must have {dim} values, got {}", values.len()),
+            ));
+        }
+        if values.iter().any(|x| !x.is_finite()) {
+            return Err(ValidationError::new(field, "values must be finite numbers"));
+        }
+        if values.iter().all(|x| *x == 0.0) {
+            return Err(ValidationError::new(
+                field,
+                "must not be all zeros (cosine similarity is undefined)",
+            ));
+        }
+        Ok(Self(values))
+    }
+    pub fn as_slice(&self) -> &[f32] {
+        &self.0
+    }
+    pub fn into_vec(self) -> Vec<f32> {
+        self.0
+    }
+}
+
+/// How long a context lives: an instant, or a TTL from now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    At(DateTime<Utc>),
+    In(Duration),
+}
+
+impl Expiry {
+    /// At most one of the two may be given.
+    pub fn parse(
+        at: Option<DateTime<Utc>>,
+        ttl_seconds: Option<i64>,
+    ) -> Result<Option<Self>, ValidationError> {
+        match (at, ttl_seconds) {
+            (Some(_), Some(_)) => Err(ValidationError::new(
+                "expires_at",
+                "give expires_at or ttl_seconds, not both",
+            )),
+            (Some(at), None) => Ok(Some(Expiry::At(at))),
+            (None, Some(s)) if s <= 0 => {
+                Err(ValidationError::new("ttl_seconds", "must be positive"))
+            }
+            (None, Some(s)) if s > 100 * 365 * 86_400 => Err(ValidationError::new(
+                "ttl_seconds",
+                "must be at most 100 years",
+            )),
+            (None, Some(s)) => Ok(Some(Expiry::In(Duration::seconds(s)))),
+            (None, None) => Ok(None),
+        }
+    }
+    pub fn resolve(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Expiry::At(at) => at,
+            Expiry::In(d) => now + d,
+        }
+    }
+}
+
+/// The text a context's embedding is computed from: the explicit `text` when
+/// given, else `content.text` when it is a string, else the compact JSON of content.
+pub fn embedding_text(text: Option<&str>, content: &JsonObject) -> String {
+    if let Some(t) = text {
+        return t.to_owned();
+    }
+    match content.get("text") {
+        Some(Value::String(s)) => s.clone(),
+        _ => Value::Object(content.clone()).to_string(),
+    }
+}
+
+/// A context to create, valid by construction.
+#[derive(Debug, Clone)]
+pub struct NewContext {
+    pub id: ContextId,
+    pub user_id: UserId,
+    pub context_type: ContextType,
+    pub content: JsonObject,
+    pub metadata: JsonObject,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub text: String,
+    pub embedding: Option<Embedding>,
+}
+
+/// Fields a PATCH replaces; `None` keeps the stored value.
+#[derive(Debug, Clone, Default)]
+pub struct ContextPatch {
+    pub context_type: Option<ContextType>,
+    pub content: Option<JsonObject>,
+    pub metadata: Option<JsonObject>,
+    /// `Some(None)` clears the expiry.
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub text: Option<String>,
+    pub embedding: Option<Embedding>,
+}
+
+impl ContextPatch {
+    pub fn is_empty(&self) -> bool {
+        self.context_type.is_none()
+            && self.content.is_none()
+            && self.metadata.is_none()
+            && self.expires_at.is_none()
+            && self.text.is_none()
+            && self.embedding.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingStatus {
+    Ready,
+    Pending,
+}
+
+impl EmbeddingStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmbeddingStatus::Ready => "ready",
+            EmbeddingStatus::Pending => "pending",
+        }
+    }
+    pub fn from_db(s: &str) -> Self {
+        if s == "ready" {
+            EmbeddingStatus::Ready
+        } else {
+            EmbeddingStatus::Pending
+        }
+    }
+}
+
+/// A stored context. `embedding` is loaded only when asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Context {
+    pub id: ContextId,
+    pub user_id: UserId,
+    pub context_type: String,
+    pub content: JsonObject,
+    pub metadata: JsonObject,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub embedding_status: EmbeddingStatus,
+    pub is_active: bool,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub embedding: Option<Vec<f32>>,
+}
+
+impl Context {
+    /// Visible to readers: active and not expired at `now`.
+    pub fn is_visible(&self, now: DateTime<Utc>) -> bool {
+        self.is_active && self.expires_at.is_none_or(|at| at > now)
+    }
+
+    /// A number that grows with every change a reader can see, including the
+    /// background fill of the embedding (which does not bump `version`).
+    pub fn generation(&self) -> i64 {
+        i64::from(self.version) * 2 + i64::from(self.embedding_status == EmbeddingStatus::Ready)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> JsonObject {
+        json_object("content", v).unwrap()
+    }
+
+    #[test]
+    fn embedding_text_prefers_explicit_text_then_content_text_then_json() {
+        let c = obj(json!({"text": "hello", "n": 1}));
+        assert_eq!(embedding_text(Some("given"), &c), "given");
+        assert_eq!(embedding_text(None, &c), "hello");
+        let c = obj(json!({"text": 5, "a": "b"}));
+        assert_eq!(embedding_text(None, &c), r#"{"a":"b","text":5}"#);
+    }
+
+    #[test]
+    fn context_type_is_one_to_fifty_characters() {
+        assert!(ContextType::parse("").is_err());
+        assert!(ContextType::parse(&"é".repeat(50)).is_ok());
+        assert!(ContextType::parse(&"a".repeat(51)).is_err());
+    }
+
+    #[test]
+    fn embedding_dimension_and_values_are_checked() {
+        assert!(Embedding::parse("embedding", vec![0.1, 0.2], 3).is_err());
+        assert!(Embedding::parse("embedding", vec![0.1, f32::NAN, 0.0], 3).is_err());
+        assert!(Embedding::parse("embedding", vec![0.0; 3], 3).is_err());
+        assert!(Embedding::parse("embedding", vec![0.1, 0.2, 0.3], 3).is_ok());
+    }
+
+    #[test]
+    fn content_must_be_an_object() {
+        assert!(json_object("content", json!([1])).is_err());
+        assert!(json_object("content", json!("s")).is_err());
+    }
+
+    #[test]
+    fn expiry_is_one_of_at_or_ttl() {
+        let now = Utc::now();
+        assert!(Expiry::parse(Some(now), Some(5)).is_err());
+        assert!(Expiry::parse(None, Some(0)).is_err());
+        assert_eq!(
+            Expiry::parse(None, Some(10)).unwrap().unwrap().resolve(now),
+            now + Duration::seconds(10)
+        );
+        assert_eq!(Expiry::parse(None, None).unwrap(), None);
+    }
+
+    #[test]
+    fn generation_grows_when_the_embedding_is_filled() {
+        let mut c = Context {
+            id: ContextId::new(),
+            user_id: UserId(Uuid::now_v7()),
+            context_type: "t".into(),
+            content: JsonObject::new(),
+            metadata: JsonObject::new(),
+            expires_at: None,
+            embedding_status: EmbeddingStatus::Pending,
+            is_active: true,
+            version: 1,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            embedding: None,
+        };
+        let pending = c.generation();
+        c.embedding_status = EmbeddingStatus::Ready;
+        assert!(c.generation() > pending);
+        let ready = c.generation();
+        c.version = 2;
+        c.embedding_status = EmbeddingStatus::Pending;
+        assert!(c.generation() > ready);
+    }
+}

@@ -1,0 +1,140 @@
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{ContextId, ContextType, Embedding, JsonObject, UserId, ValidationError};
+
+/// What a search compares against: text to embed, or a vector as given.
+#[derive(Debug, Clone)]
+pub enum SearchInput {
+    Text(String),
+    Vector(Embedding),
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchFilter {
+    pub user_id: Option<UserId>,
+    pub context_type: Option<ContextType>,
+    pub metadata: Option<JsonObject>,
+    pub min_score: Option<f32>,
+}
+
+/// k nearest by cosine similarity, k in 1..=100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopK(i64);
+
+impl TopK {
+    pub const DEFAULT: i64 = 10;
+    pub const MAX: i64 = 100;
+    pub fn parse(k: Option<i64>) -> Result<Self, ValidationError> {
+        let k = k.unwrap_or(Self::DEFAULT);
+        if !(1..=Self::MAX).contains(&k) {
+            return Err(ValidationError::new(
+                "k",
+                format!("must be between 1 and {}, got {k}", Self::MAX),
+            ));
+        }
+        Ok(Self(k))
+    }
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+pub fn parse_min_score(s: Option<f32>) -> Result<Option<f32>, ValidationError> {
+    match s {
+        Some(x) if !x.is_finite() || !(-1.0..=1.0).contains(&x) => Err(ValidationError::new(
+            "min_score",
+            "must be between -1 and 1",
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Page size for listing, 1..=100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit(i64);
+
+impl PageLimit {
+    pub fn parse(n: Option<i64>) -> Result<Self, ValidationError> {
+        let n = n.unwrap_or(20);
+        if !(1..=100).contains(&n) {
+            return Err(ValidationError::new(
+                "limit",
+                format!("must be between 1 and 100, got {n}"),
+            ));
+        }
+        Ok(Self(n))
+    }
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// Keyset position: the (created_at, id) of the last item of a page. Opaque to
+/// clients; stable under concurrent inserts because it names a row, not an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: ContextId,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        format!(
+            "{}_{}",
+            self.created_at.timestamp_micros(),
+            self.id.0.simple()
+        )
+    }
+
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let bad = || ValidationError::new("cursor", "is not a cursor this service returned");
+        let (micros, id) = s.split_once('_').ok_or_else(bad)?;
+        let micros: i64 = micros.parse().map_err(|_| bad())?;
+        let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+        let id = Uuid::try_parse(id).map_err(|_| bad())?;
+        Ok(Self {
+            created_at,
+            id: ContextId(id),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub user_id: Option<UserId>,
+    pub context_type: Option<ContextType>,
+    pub limit: PageLimit,
+    pub after: Option<Cursor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_and_limit_are_bounded() {
+        assert_eq!(TopK::parse(None).unwrap().get(), 10);
+        assert!(TopK::parse(Some(0)).is_err());
+        assert!(TopK::parse(Some(101)).is_err());
+        assert_eq!(PageLimit::parse(None).unwrap().get(), 20);
+        assert!(PageLimit::parse(Some(101)).is_err());
+    }
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = Cursor {
+            created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            id: ContextId::new(),
+        };
+        assert_eq!(Cursor::parse(&c.encode()).unwrap(), c);
+        assert!(Cursor::parse("nope").is_err());
+        assert!(Cursor::parse("12_zz").is_err());
+    }
+
+    #[test]
+    fn min_score_is_a_cosine() {
+        assert!(parse_min_score(Some(1.5)).is_err());
+        assert_eq!(parse_min_score(Some(0.5)).unwrap(), Some(0.5));
+    }
+}

@@ -1,0 +1,321 @@
+//! /contexts: create, read, list, update, delete.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::extract::{if_match, AppJson, AppQuery, Caller};
+use crate::auth::Scope;
+use crate::domain::{
+    embedding_text, json_object, Context, ContextId, ContextPatch, ContextType, Cursor, Embedding,
+    EmbeddingStatus, Expiry, JsonObject, ListQuery, NewContext, PageLimit, UserId, ValidationError,
+};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateContextRequest {
+    /// Optional for a user key (its own user); required for an admin key.
+    user_id: Option<Uuid>,
+    context_type: String,
+    content: Value,
+    metadata: Option<Value>,
+    expires_at: Option<DateTime<Utc>>,
+    ttl_seconds: Option<i64>,
+    text: Option<String>,
+    embedding: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchContextRequest {
+    context_type: Option<String>,
+    content: Option<Value>,
+    metadata: Option<Value>,
+    /// `null` clears the expiry; absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Option<DateTime<Utc>>>,
+    ttl_seconds: Option<i64>,
+    text: Option<String>,
+    embedding: Option<Vec<f32>>,
+}
+
+/// Distinguishes a field given as `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContextResponse {
+    id: Uuid,
+    user_id: Uuid,
+    context_type: String,
+    content: JsonObject,
+    metadata: JsonObject,
+    expires_at: Option<DateTime<Utc>>,
+    embedding_status: EmbeddingStatus,
+    is_active: bool,
+    version: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedding: Option<Vec<f32>>,
+}
+
+impl From<Context> for ContextResponse {
+    fn from(c: Context) -> Self {
+        Self {
+            id: c.id.0,
+            user_id: c.user_id.0,
+            context_type: c.context_type,
+            content: c.content,
+            metadata: c.metadata,
+            expires_at: c.expires_at,
+            embedding_status: c.embedding_status,
+            is_active: c.is_active,
+            version: c.version,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            embedding: c.embedding,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetParams {
+    include: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    user_id: Option<String>,
+    context_type: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListResponse {
+    items: Vec<ContextResponse>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteParams {
+    hard: Option<bool>,
+}
+
+/// `?include=embedding` (a comma-separated list, for room to grow).
+pub fn wants_embedding(include: Option<&str>) -> Result<bool, ApiError> {
+    let mut embedding = false;
+    for part in include
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        match part {
+            "embedding" => embedding = true,
+            other => {
+                return Err(ValidationError::new(
+                    "include",
+                    format!("unknown value {other:?}; allowed: embedding"),
+                )
+                .into())
+            }
+        }
+    }
+    Ok(embedding)
+}
+
+fn with_etag(
+    status: StatusCode,
+    ctx: Context,
+    extra: Option<(header::HeaderName, HeaderValue)>,
+) -> Response {
+    let etag =
+        HeaderValue::from_str(&format!("\"{}\"", ctx.version)).expect("a number is a valid header");
+    let mut resp = (
+        status,
+        [(header::ETAG, etag)],
+        Json(ContextResponse::from(ctx)),
+    )
+        .into_response();
+    if let Some((name, value)) = extra {
+        resp.headers_mut().insert(name, value);
+    }
+    resp
+}
+
+impl CreateContextRequest {
+    fn parse(self, scope: Scope, dim: usize) -> Result<NewContext, ValidationError> {
+        let user_id = match (self.user_id, scope) {
+            (Some(u), _) => UserId(u),
+            (None, Scope::User(own)) => own,
+            (None, Scope::Admin) => return Err(ValidationError::new("user_id", "is required")),
+        };
+        let content = json_object("content", self.content)?;
+        let metadata = self
+            .metadata
+            .map(|m| json_object("metadata", m))
+            .transpose()?
+            .unwrap_or_default();
+        let expires_at =
+            Expiry::parse(self.expires_at, self.ttl_seconds)?.map(|e| e.resolve(Utc::now()));
+        let embedding = self
+            .embedding
+            .map(|v| Embedding::parse("embedding", v, dim))
+            .transpose()?;
+        let text = embedding_text(self.text.as_deref(), &content);
+        if text.trim().is_empty() && embedding.is_none() {
+            return Err(ValidationError::new("text", "the text to embed is empty"));
+        }
+        Ok(NewContext {
+            id: ContextId::new(),
+            user_id,
+            context_type: ContextType::parse(&self.context_type)?,
+            content,
+            metadata,
+            expires_at,
+            text,
+            embedding,
+        })
+    }
+}
+
+impl PatchContextRequest {
+    fn parse(self, dim: usize) -> Result<ContextPatch, ValidationError> {
+        let expires_at = match (self.expires_at, self.ttl_seconds) {
+            (Some(_), Some(_)) => {
+                return Err(ValidationError::new(
+                    "expires_at",
+                    "give expires_at or ttl_seconds, not both",
+                ))
+            }
+            (Some(at), None) => Some(at),
+            (None, ttl @ Some(_)) => Expiry::parse(None, ttl)?.map(|e| Some(e.resolve(Utc::now()))),
+            (None, None) => None,
+        };
+        Ok(ContextPatch {
+            context_type: self
+                .context_type
+                .as_deref()
+                .map(ContextType::parse)
+                .transpose()?,
+            content: self
+                .content
+                .map(|c| json_object("content", c))
+                .transpose()?,
+            metadata: self
+                .metadata
+                .map(|m| json_object("metadata", m))
+                .transpose()?,
+            expires_at,
+            text: self.text,
+            embedding: self
+                .embedding
+                .map(|v| Embedding::parse("embedding", v, dim))
+                .transpose()?,
+        })
+    }
+}
+
+pub async fn create_context(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    AppJson(body): AppJson<CreateContextRequest>,
+) -> Result<Response, ApiError> {
+    let new = body.parse(scope, state.contexts.store.dim())?;
+    let ctx = state.contexts.create(scope, new).await?;
+    let location = HeaderValue::from_str(&format!("/contexts/{}", ctx.id.0))
+        .expect("a UUID path is a valid header");
+    Ok(with_etag(
+        StatusCode::CREATED,
+        ctx,
+        Some((header::LOCATION, location)),
+    ))
+}
+
+pub async fn get_context(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    Path(id): Path<String>,
+    AppQuery(params): AppQuery<GetParams>,
+) -> Result<Response, ApiError> {
+    let id = ContextId::parse(&id)?;
+    let with_embedding = wants_embedding(params.include.as_deref())?;
+    let ctx = state.contexts.get(scope, id, with_embedding).await?;
+    Ok(with_etag(StatusCode::OK, ctx, None))
+}
+
+pub async fn list_contexts(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    AppQuery(params): AppQuery<ListParams>,
+) -> Result<Json<ListResponse>, ApiError> {
+    let limit = params
+        .limit
+        .map(|l| {
+            l.parse::<i64>()
+                .map_err(|_| ValidationError::new("limit", format!("{l:?} is not a number")))
+        })
+        .transpose()?;
+    let query = ListQuery {
+        user_id: params.user_id.as_deref().map(UserId::parse).transpose()?,
+        context_type: params
+            .context_type
+            .as_deref()
+            .map(ContextType::parse)
+            .transpose()?,
+        limit: PageLimit::parse(limit)?,
+        after: params.cursor.as_deref().map(Cursor::parse).transpose()?,
+    };
+    let page = state.contexts.list(scope, query).await?;
+    Ok(Json(ListResponse {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_cursor: page.next.map(|c| c.encode()),
+    }))
+}
+
+pub async fn update_context(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    AppJson(body): AppJson<PatchContextRequest>,
+) -> Result<Response, ApiError> {
+    let id = ContextId::parse(&id)?;
+    let patch = body.parse(state.contexts.store.dim())?;
+    let expected = if_match(&headers)?;
+    let ctx = state.contexts.update(scope, id, patch, expected).await?;
+    Ok(with_etag(StatusCode::OK, ctx, None))
+}
+
+pub async fn delete_context(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    AppQuery(params): AppQuery<DeleteParams>,
+) -> Result<StatusCode, ApiError> {
+    let id = ContextId::parse(&id)?;
+    let expected = if_match(&headers)?;
+    state
+        .contexts
+        .delete(scope, id, params.hard.unwrap_or(false), expected)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

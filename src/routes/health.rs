@@ -1,0 +1,85 @@
+//! Open routes for orchestrators: liveness, readiness, metrics.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::cache::CacheHealth;
+use crate::embeddings::EmbedderState;
+use crate::state::AppState;
+
+/// Liveness: touches no dependency, so a database outage never restarts us.
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "alive"}))
+}
+
+#[derive(Serialize)]
+pub struct Readiness {
+    status: &'static str,
+    checks: BTreeMap<&'static str, Value>,
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Readiness: 503 while draining, or when Postgres (or a required Redis) fails.
+/// The embedding service is reported, not required: writes go pending without it.
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let contexts = &state.contexts;
+    let (db, cache) = tokio::join!(
+        tokio::time::timeout(CHECK_TIMEOUT, contexts.store.ping()),
+        contexts.cache.health()
+    );
+    let db_ok = matches!(db, Ok(Ok(())));
+    let mut checks = BTreeMap::new();
+    checks.insert("postgres", json!(if db_ok { "ok" } else { "down" }));
+    let redis = match cache {
+        CacheHealth::Ok => "ok",
+        CacheHealth::Down if state.redis_optional => "down (optional)",
+        CacheHealth::Down => "down",
+        CacheHealth::Disabled => "disabled",
+    };
+    checks.insert("redis", json!(redis));
+    let embeddings = match contexts.embedder.state() {
+        EmbedderState::Unknown => json!("not contacted yet"),
+        EmbedderState::Ready { model } => json!({"status": "ok", "model": model}),
+        EmbedderState::Unavailable => json!("unavailable"),
+        EmbedderState::DimensionMismatch { expected, got } => json!({
+            "status": "dimension_mismatch", "expected": expected, "got": got
+        }),
+    };
+    checks.insert("embeddings", embeddings);
+    let redis_ok = cache != CacheHealth::Down || state.redis_optional;
+    let (code, status) = if state.lifecycle.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if db_ok && redis_ok {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "degraded")
+    };
+    (code, Json(Readiness { status, checks }))
+}
+
+/// Prometheus text format. Gauges of shared resources are read at scrape time.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let store = &state.contexts.store;
+    let (size, idle) = store.pool_size();
+    metrics::gauge!("db_pool_connections").set(size as f64);
+    metrics::gauge!("db_pool_idle_connections").set(idle as f64);
+    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), store.pending_count()).await {
+        metrics::gauge!("embeddings_pending").set(n as f64);
+    }
+    state.metrics.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,51 @@
+//! The HTTP surface: public probes, the authenticated /contexts API, and the
+//! middleware around them.
+
+mod contexts;
+mod extract;
+mod health;
+mod middleware;
+mod search;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+pub use middleware::Admission;
+
+pub fn router(state: AppState, admission: Admission, max_body_bytes: usize) -> Router {
+    // Liveness, readiness and metrics stay outside admission control: probes
+    // must answer while the API sheds load.
+    let public = Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics));
+
+    let api = Router::new()
+        .route(
+            "/contexts",
+            post(contexts::create_context).get(contexts::list_contexts),
+        )
+        .route("/contexts/search", post(search::search_contexts))
+        .route(
+            "/contexts/{id}",
+            get(contexts::get_context)
+                .patch(contexts::update_context)
+                .delete(contexts::delete_context),
+        )
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            admission,
+            middleware::admit,
+        ));
+
+    let app = public
+        .merge(api)
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(middleware::track_metrics))
+        .with_state(state);
+    middleware::observe(app)
+}

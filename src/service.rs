@@ -1,0 +1,293 @@
+//! The context service: the operations the API offers, over the store, the
+//! cache and the embedder. Knows nothing of HTTP; callers pass the caller's
+//! [`Scope`] and get a [`ServiceError`] that the edge maps to a status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::auth::Scope;
+use crate::cache::{Cache, Lookup};
+use crate::domain::{
+    embedding_text, Context, ContextId, ContextPatch, Cursor, Embedding, ListQuery, NewContext,
+    SearchFilter, SearchInput, TopK,
+};
+use crate::embeddings::{EmbedError, Embedder};
+use crate::store::{EmbeddingChange, Replacement, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("context not found")]
+    NotFound,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("the context changed: its version is no longer {expected}")]
+    PreconditionFailed { expected: i32 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Embedding(EmbedError),
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Contexts {
+    pub store: Store,
+    pub cache: Cache,
+    pub embedder: Embedder,
+    /// Wakes the embedding worker when a write leaves a row pending.
+    pub pending: Arc<Notify>,
+    /// How long a write waits for an embedding before storing the row pending.
+    pub inline_embed_timeout: Duration,
+}
+
+/// A page of a listing.
+pub struct Page {
+    pub items: Vec<Context>,
+    pub next: Option<Cursor>,
+}
+
+impl Contexts {
+    pub async fn create(&self, scope: Scope, mut new: NewContext) -> Result<Context, ServiceError> {
+        if !scope.allows(new.user_id) {
+            return Err(ServiceError::Forbidden(
+                "this key may only write its own user's contexts",
+            ));
+        }
+        if new.embedding.is_none() {
+            new.embedding = self.try_embed(&new.text).await;
+        }
+        let ctx = self.store.insert(&new).await?;
+        self.after_write(&ctx).await;
+        Ok(ctx)
+    }
+
+    pub async fn get(
+        &self,
+        scope: Scope,
+        id: ContextId,
+        with_embedding: bool,
+    ) -> Result<Context, ServiceError> {
+        let now = chrono::Utc::now();
+        if !with_embedding {
+            match self.cache.get_context(id).await {
+                Lookup::Hit(ctx) if ctx.is_visible(now) && scope.allows(ctx.user_id) => {
+                    return Ok(*ctx)
+                }
+                Lookup::Hit(_) | Lookup::Gone => return Err(ServiceError::NotFound),
+                Lookup::Miss => {}
+            }
+        }
+        let ctx = self
+            .store
+            .get(id, with_embedding)
+            .await?
+            .ok_or(ServiceError::NotFound)?;
+        if !with_embedding {
+            self.cache.put_context(&ctx).await;
+        }
+        // Out of scope looks exactly like absent: a user key learns nothing of others' ids.
+        if !scope.allows(ctx.user_id) {
+            return Err(ServiceError::NotFound);
+        }
+        Ok(ctx)
+    }
+
+    pub async fn list(&self, scope: Scope, mut q: ListQuery) -> Result<Page, ServiceError> {
+        q.user_id = scope.confine(q.user_id).map_err(|_| {
+            ServiceError::Forbidden("this key may only list its own user's contexts")
+        })?;
+        let mut items = self.store.list(&q).await?;
+        let next = if items.len() as i64 == q.limit.get() {
+            items.last().map(|c| Cursor {
+                created_at: c.created_at,
+                id: c.id,
+            })
+        } else {
+            None
+        };
+        items.shrink_to_fit();
+        Ok(Page { items, next })
+    }
+
+    /// Applies `patch` to the stored context. `if_match` is the version the
+    /// client last saw; without it, a concurrent change is retried on top of.
+    pub async fn update(
+        &self,
+        scope: Scope,
+        id: ContextId,
+        patch: ContextPatch,
+        if_match: Option<i32>,
+    ) -> Result<Context, ServiceError> {
+        // Optimistic: read, compute, write if the version is unchanged. No row
+        // lock is held while the embedding service is called.
+        for _ in 0..5 {
+            let current = self
+                .store
+                .get_current(id)
+                .await?
+                .ok_or(ServiceError::NotFound)?;
+            let ctx = &current.context;
+            if !scope.allows(ctx.user_id) {
+                return Err(ServiceError::NotFound);
+            }
+            if let Some(expected) = if_match {
+                if expected != ctx.version {
+                    return Err(ServiceError::PreconditionFailed { expected });
+                }
+            }
+            if patch.is_empty() {
+                return Ok(current.context);
+            }
+            let content = patch.content.as_ref().unwrap_or(&ctx.content);
+            let text = match (&patch.text, &patch.content) {
+                (Some(t), _) => t.clone(),
+                // New content without new text: derive it as on create.
+                (None, Some(c)) => embedding_text(None, c),
+                (None, None) => current.text.clone(),
+            };
+            let embedding = match &patch.embedding {
+                Some(e) => EmbeddingChange::Set(e.as_slice().to_vec()),
+                None if text != current.text => match self.try_embed(&text).await {
+                    Some(e) => EmbeddingChange::Set(e.into_vec()),
+                    None => EmbeddingChange::Pending,
+                },
+                None => EmbeddingChange::Keep,
+            };
+            let replacement = Replacement {
+                context_type: patch
+                    .context_type
+                    .as_ref()
+                    .map_or(ctx.context_type.as_str(), |t| t.as_str()),
+                content,
+                metadata: patch.metadata.as_ref().unwrap_or(&ctx.metadata),
+                expires_at: patch.expires_at.unwrap_or(ctx.expires_at),
+                text: &text,
+                embedding,
+            };
+            if let Some(updated) = self.store.update(id, ctx.version, replacement).await? {
+                self.after_write(&updated).await;
+                return Ok(updated);
+            }
+            // Lost a race: with If-Match that is the client's 412 (next loop);
+            // without, apply the patch on top of the newer state.
+        }
+        Err(ServiceError::PreconditionFailed {
+            expected: if_match.unwrap_or_default(),
+        })
+    }
+
+    pub async fn delete(
+        &self,
+        scope: Scope,
+        id: ContextId,
+        hard: bool,
+        if_match: Option<i32>,
+    ) -> Result<(), ServiceError> {
+        // Scope and If-Match are checked against the visible row first, so
+        // that an out-of-scope id answers 404 and a stale version 412.
+        let visible = self.store.get(id, false).await?;
+        match &visible {
+            Some(c) if !scope.allows(c.user_id) => return Err(ServiceError::NotFound),
+            Some(c) if if_match.is_some_and(|v| v != c.version) => {
+                return Err(ServiceError::PreconditionFailed {
+                    expected: if_match.unwrap_or_default(),
+                })
+            }
+            None => return Err(ServiceError::NotFound),
+            Some(_) => {}
+        }
+        let version = if_match.or(visible.map(|c| c.version));
+        if hard {
+            if !self.store.hard_delete(id, version).await? {
+                return Err(self.lost_race(id, if_match).await);
+            }
+            self.cache.put_tombstone(id, None).await;
+        } else {
+            let Some(deleted) = self.store.soft_delete(id, version).await? else {
+                return Err(self.lost_race(id, if_match).await);
+            };
+            self.cache
+                .put_tombstone(id, Some(deleted.generation()))
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn lost_race(&self, id: ContextId, if_match: Option<i32>) -> ServiceError {
+        match (if_match, self.store.get(id, false).await) {
+            (Some(expected), Ok(Some(_))) => ServiceError::PreconditionFailed { expected },
+            _ => ServiceError::NotFound,
+        }
+    }
+
+    pub async fn search(
+        &self,
+        scope: Scope,
+        input: SearchInput,
+        mut filter: SearchFilter,
+        k: TopK,
+    ) -> Result<Vec<(Context, f32)>, ServiceError> {
+        filter.user_id = scope.confine(filter.user_id).map_err(|_| {
+            ServiceError::Forbidden("this key may only search its own user's contexts")
+        })?;
+        let vector = match input {
+            SearchInput::Vector(v) => v.into_vec(),
+            SearchInput::Text(text) => self.query_vector(&text).await?,
+        };
+        Ok(self.store.search(&vector, &filter, k).await?)
+    }
+
+    /// Query embeddings are cached by model and text.
+    async fn query_vector(&self, text: &str) -> Result<Vec<f32>, ServiceError> {
+        let model = self
+            .embedder
+            .model()
+            .await
+            .map_err(ServiceError::Embedding)?;
+        if let Some(v) = self.cache.get_embedding(&model, text).await {
+            if v.len() == self.store.dim() {
+                return Ok(v);
+            }
+        }
+        let v = self
+            .embedder
+            .embed_one(text)
+            .await
+            .map_err(ServiceError::Embedding)?;
+        self.cache.put_embedding(&model, text, &v).await;
+        Ok(v)
+    }
+
+    /// An embedding for a write, or `None` (the row is then stored pending and
+    /// the worker fills it later): a write never fails because TEI is down.
+    async fn try_embed(&self, text: &str) -> Option<Embedding> {
+        let result =
+            tokio::time::timeout(self.inline_embed_timeout, self.embedder.embed_one(text)).await;
+        match result {
+            Ok(Ok(v)) => match Embedding::parse("embedding", v, self.store.dim()) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "embedding service returned an unusable vector");
+                    None
+                }
+            },
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "embedding deferred: stored pending");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("embedding timed out: stored pending");
+                None
+            }
+        }
+    }
+
+    async fn after_write(&self, ctx: &Context) {
+        self.cache.put_context(ctx).await;
+        if ctx.embedding_status == crate::domain::EmbeddingStatus::Pending {
+            self.pending.notify_one();
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! One build path for `main` and the tests: [`App::build`] connects and binds,
+//! [`App::run`] serves until the shutdown future resolves, then drains.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Cache;
+use crate::config::Settings;
+use crate::embeddings::{Embedder, EmbedderState};
+use crate::routes::{self, Admission};
+use crate::service::Contexts;
+use crate::state::{AppState, AuthState, Lifecycle};
+use crate::store::{self, Store, StoreError};
+use crate::{telemetry, workers};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot connect to the database (DATABASE_URL): {0}")]
+    Database(#[from] StoreError),
+    #[error(
+        "table contexts does not exist: run `context-api migrate` first (or `serve --migrate`)"
+    )]
+    NotMigrated,
+    #[error(
+        "contexts.embedding has dimension {column} but EMBEDDING_DIM is {configured}: \
+         set EMBEDDING_DIM={column} or use a database migrated for {configured}"
+    )]
+    DimensionMismatch { column: i32, configured: usize },
+    #[error("migration failed: {0}")]
+    Migrate(#[from] store::MigrateError),
+    #[error("invalid REDIS_URL: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot build the HTTP client for EMBEDDING_SERVICE_URL: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("cannot listen on {addr} (BIND_ADDRESS): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    settings: Settings,
+}
+
+impl App {
+    /// Connects to Postgres (checking the schema and its vector dimension),
+    /// prepares the cache and embedding client, and binds the listener
+    /// (port 0 picks a free port, as tests do).
+    pub async fn build(settings: Settings, migrate: bool) -> Result<Self, StartupError> {
+        let metrics = telemetry::metrics_handle();
+        let dim = settings.embeddings.dim;
+        let store = Store::connect(&settings.database, dim).await?;
+        if migrate {
+            store::migrate(store.pool(), dim).await?;
+        }
+        match store.column_dimension().await? {
+            None => return Err(StartupError::NotMigrated),
+            Some(column) if column as usize != dim => {
+                return Err(StartupError::DimensionMismatch {
+                    column,
+                    configured: dim,
+                })
+            }
+            Some(_) => {}
+        }
+        let cache = Cache::new(&settings.redis)?;
+        let embedder = Embedder::new(&settings.embeddings)?;
+        let listener = TcpListener::bind(settings.bind_address)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: settings.bind_address,
+                source,
+            })?;
+        let contexts = Contexts {
+            store,
+            cache,
+            embedder,
+            pending: Arc::new(Notify::new()),
+            inline_embed_timeout: settings.embeddings.timeout,
+        };
+        let state = AppState {
+            contexts,
+            auth: AuthState {
+                keys: settings.auth.keys.clone().map(Arc::new),
+            },
+            lifecycle: Lifecycle::default(),
+            metrics,
+            redis_optional: settings.redis.optional,
+        };
+        Ok(Self {
+            listener,
+            state,
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves. Then: /ready answers 503 "draining";
+    /// after SHUTDOWN_DELAY_MS the listener closes; in-flight requests get up
+    /// to SHUTDOWN_TIMEOUT_SECONDS; workers stop between batches; the pool closes.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let App {
+            listener,
+            state,
+            settings,
+        } = self;
+        let stop = CancellationToken::new();
+        let contexts = state.contexts.clone();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(workers::embed_pending(
+            contexts.clone(),
+            settings.embeddings.batch_size,
+            settings.workers.embed_interval,
+            stop.clone(),
+        ));
+        tasks.spawn(workers::purge_expired(
+            contexts.clone(),
+            settings.workers.purge_batch_size,
+            settings.workers.purge_interval,
+            stop.clone(),
+        ));
+        tasks.spawn(watch_embedder(contexts.clone(), stop.clone()));
+
+        let admission = Admission::new(
+            settings.http.max_concurrent_requests,
+            settings.http.request_timeout,
+        );
+        let router = routes::router(state.clone(), admission, settings.http.max_body_bytes);
+
+        let lifecycle = state.lifecycle.clone();
+        let drain_started = CancellationToken::new();
+        let delay = settings.http.shutdown_delay;
+        let signal = {
+            let drain_started = drain_started.clone();
+            async move {
+                shutdown.await;
+                lifecycle.start_draining();
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    "draining: /ready now answers 503"
+                );
+                tokio::time::sleep(delay).await;
+                tracing::info!("no longer accepting connections; finishing in-flight requests");
+                drain_started.cancel();
+            }
+        };
+
+        tracing::info!(address = %listener.local_addr().map_err(StartupError::Serve)?, "listening");
+        let server = axum::serve(listener, router).with_graceful_shutdown(signal);
+        let grace = settings.http.shutdown_timeout;
+        let forced = async {
+            drain_started.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let served = tokio::select! {
+            r = server => r.map_err(StartupError::Serve),
+            _ = forced => {
+                tracing::warn!(timeout_s = grace.as_secs(), "in-flight requests did not finish in time");
+                Ok(())
+            }
+        };
+
+        stop.cancel();
+        let joined = tokio::time::timeout(Duration::from_secs(10), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if joined.is_err() {
+            tracing::warn!("background workers did not stop in time");
+        }
+        contexts.store.close().await;
+        tracing::info!("shutdown complete");
+        served
+    }
+}
+
+/// Checks the embedding service until it answers (TEI loads its model before
+/// opening its port), and again whenever it is not known to be ready.
+async fn watch_embedder(contexts: Contexts, stop: CancellationToken) {
+    loop {
+        if matches!(contexts.embedder.state(), EmbedderState::Ready { .. }) {
+            // Known good: nothing to do until a call fails.
+        } else if let Err(e) = contexts.embedder.check().await {
+            tracing::debug!(error = %e, "embedding service not ready");
+        } else {
+            // It may have come back: wake the worker for rows left pending.
+            contexts.pending.notify_one();
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The state every handler shares: cheap handles, cloned per request.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::ApiKeys;
+use crate::service::Contexts;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub contexts: Contexts,
+    pub auth: AuthState,
+    pub lifecycle: Lifecycle,
+    pub metrics: PrometheusHandle,
+    pub redis_optional: bool,
+}
+
+/// `None` keys: authentication disabled, every caller is admin.
+#[derive(Clone)]
+pub struct AuthState {
+    pub keys: Option<Arc<ApiKeys>>,
+}
+
+impl FromRef<AppState> for AuthState {
+    fn from_ref(s: &AppState) -> Self {
+        s.auth.clone()
+    }
+}
+
+/// Whether shutdown has begun: `/ready` reports it so load balancers stop sending.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    draining: Arc<AtomicBool>,
+}
+
+impl Lifecycle {
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}

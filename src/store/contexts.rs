@@ -1,0 +1,393 @@
+use chrono::{DateTime, Utc};
+use pgvector::Vector;
+use sqlx::types::Json;
+use sqlx::{FromRow, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::domain::{
+    Context, ContextId, EmbeddingStatus, JsonObject, ListQuery, NewContext, SearchFilter, TopK,
+    UserId,
+};
+
+const COLUMNS: &str =
+    "id, user_id, context_type, content, metadata, expires_at, embedding_status, \
+                       is_active, version, created_at, updated_at";
+
+#[derive(FromRow)]
+struct Row {
+    id: Uuid,
+    user_id: Uuid,
+    context_type: String,
+    content: Json<JsonObject>,
+    metadata: Json<JsonObject>,
+    expires_at: Option<DateTime<Utc>>,
+    embedding_status: String,
+    is_active: bool,
+    version: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    #[sqlx(default)]
+    embedding: Option<Vector>,
+}
+
+impl From<Row> for Context {
+    fn from(r: Row) -> Self {
+        Context {
+            id: ContextId(r.id),
+            user_id: UserId(r.user_id),
+            context_type: r.context_type,
+            content: r.content.0,
+            metadata: r.metadata.0,
+            expires_at: r.expires_at,
+            embedding_status: EmbeddingStatus::from_db(&r.embedding_status),
+            is_active: r.is_active,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            embedding: r.embedding.map(|v| v.to_vec()),
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct ScoredRow {
+    #[sqlx(flatten)]
+    row: Row,
+    score: f64,
+}
+
+/// A context as stored, with the text its embedding comes from: what an update needs.
+pub struct Current {
+    pub context: Context,
+    pub text: String,
+}
+
+/// The full new state of a context, written by [`Store::update`].
+pub struct Replacement<'a> {
+    pub context_type: &'a str,
+    pub content: &'a JsonObject,
+    pub metadata: &'a JsonObject,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub text: &'a str,
+    pub embedding: EmbeddingChange,
+}
+
+pub enum EmbeddingChange {
+    Keep,
+    Set(Vec<f32>),
+    /// The text changed and no vector is available yet.
+    Pending,
+}
+
+/// A row the embedding worker has claimed.
+pub struct PendingRow {
+    pub id: ContextId,
+    pub text: String,
+}
+
+/// Visible = active and not expired; expiry takes effect at once, before the purge job runs.
+const VISIBLE: &str = "is_active AND (expires_at IS NULL OR expires_at > now())";
+
+impl Store {
+    pub async fn insert(&self, c: &NewContext) -> Result<Context, StoreError> {
+        let status = if c.embedding.is_some() {
+            EmbeddingStatus::Ready
+        } else {
+            EmbeddingStatus::Pending
+        };
+        let row: Row = sqlx::query_as(&format!(
+            "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at, embedding_text,
+                                   embedding, embedding_status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             RETURNING {COLUMNS}"
+        ))
+        .bind(c.id.0)
+        .bind(c.user_id.0)
+        .bind(c.context_type.as_str())
+        .bind(Json(&c.content))
+        .bind(Json(&c.metadata))
+        .bind(c.expires_at)
+        .bind(&c.text)
+        .bind(c.embedding.as_ref().map(|e| Vector::from(e.as_slice().to_vec())))
+        .bind(status.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.into())
+    }
+
+    /// A visible context, or `None`.
+    pub async fn get(
+        &self,
+        id: ContextId,
+        with_embedding: bool,
+    ) -> Result<Option<Context>, StoreError> {
+        let extra = if with_embedding { ", embedding" } else { "" };
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS}{extra} FROM contexts WHERE id = $1 AND {VISIBLE}"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Into::into))
+    }
+
+    /// A visible context with its embedded text, for an update.
+    pub async fn get_current(&self, id: ContextId) -> Result<Option<Current>, StoreError> {
+        #[derive(FromRow)]
+        struct WithText {
+            #[sqlx(flatten)]
+            row: Row,
+            embedding_text: String,
+        }
+        let row: Option<WithText> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS}, embedding_text FROM contexts WHERE id = $1 AND {VISIBLE}"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| Current {
+            context: r.row.into(),
+            text: r.embedding_text,
+        }))
+    }
+
+    /// Writes the new state if the stored version is still `expected`; `None` otherwise.
+    pub async fn update(
+        &self,
+        id: ContextId,
+        expected: i32,
+        new: Replacement<'_>,
+    ) -> Result<Option<Context>, StoreError> {
+        let (keep, vector, status) = match new.embedding {
+            EmbeddingChange::Keep => (true, None, None),
+            EmbeddingChange::Set(v) => (false, Some(Vector::from(v)), Some(EmbeddingStatus::Ready)),
+            EmbeddingChange::Pending => (false, None, Some(EmbeddingStatus::Pending)),
+        };
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "UPDATE contexts SET
+                context_type = $3, content = $4, metadata = $5, expires_at = $6, embedding_text = $7,
+                embedding = CASE WHEN $8 THEN embedding ELSE $9 END,
+                embedding_status = CASE WHEN $8 THEN embedding_status ELSE $10 END,
+                version = version + 1, updated_at = now()
+             WHERE id = $1 AND version = $2 AND {VISIBLE}
+             RETURNING {COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(expected)
+        .bind(new.context_type)
+        .bind(Json(new.content))
+        .bind(Json(new.metadata))
+        .bind(new.expires_at)
+        .bind(new.text)
+        .bind(keep)
+        .bind(vector)
+        .bind(status.map(EmbeddingStatus::as_str))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Into::into))
+    }
+
+    /// Marks a visible context inactive. `expected` guards against a stale If-Match.
+    /// Returns the new version, or `None` when nothing matched.
+    pub async fn soft_delete(
+        &self,
+        id: ContextId,
+        expected: Option<i32>,
+    ) -> Result<Option<Context>, StoreError> {
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "UPDATE contexts SET is_active = false, version = version + 1, updated_at = now()
+             WHERE id = $1 AND ($2::int IS NULL OR version = $2) AND {VISIBLE}
+             RETURNING {COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(expected)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Into::into))
+    }
+
+    /// Removes the row. A soft-deleted row may be removed too (it is only hidden);
+    /// with `expected` the version must match.
+    pub async fn hard_delete(
+        &self,
+        id: ContextId,
+        expected: Option<i32>,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM contexts WHERE id = $1 AND ($2::int IS NULL OR version = $2)")
+                .bind(id.0)
+                .bind(expected)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Newest first, after the cursor.
+    pub async fn list(&self, q: &ListQuery) -> Result<Vec<Context>, StoreError> {
+        let mut sql = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {COLUMNS} FROM contexts WHERE {VISIBLE}"
+        ));
+        if let Some(u) = q.user_id {
+            sql.push(" AND user_id = ").push_bind(u.0);
+        }
+        if let Some(t) = &q.context_type {
+            sql.push(" AND context_type = ")
+                .push_bind(t.as_str().to_owned());
+        }
+        if let Some(c) = q.after {
+            sql.push(" AND (created_at, id) < (")
+                .push_bind(c.created_at)
+                .push(", ")
+                .push_bind(c.id.0)
+                .push(")");
+        }
+        sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(q.limit.get());
+        let rows: Vec<Row> = sql.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// The k nearest visible, embedded contexts by cosine similarity, best first.
+    pub async fn search(
+        &self,
+        vector: &[f32],
+        filter: &SearchFilter,
+        k: TopK,
+    ) -> Result<Vec<(Context, f32)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // pgvector 0.8 iterative scans: when filters reject candidates, the HNSW
+        // scan goes on past ef_search instead of returning too few rows.
+        // relaxed_order may return slightly out of order: the outer query re-sorts.
+        sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!(
+            "SET LOCAL hnsw.ef_search = {}",
+            (k.get() * 2).max(40)
+        ))
+        .execute(&mut *tx)
+        .await?;
+        let mut sql = QueryBuilder::<Postgres>::new(format!(
+            "WITH nearest AS MATERIALIZED (SELECT {COLUMNS}, embedding <=> "
+        ));
+        sql.push_bind(Vector::from(vector.to_vec()));
+        sql.push(format!(
+            " AS distance FROM contexts WHERE {VISIBLE} AND embedding_status = 'ready'"
+        ));
+        if let Some(u) = filter.user_id {
+            sql.push(" AND user_id = ").push_bind(u.0);
+        }
+        if let Some(t) = &filter.context_type {
+            sql.push(" AND context_type = ")
+                .push_bind(t.as_str().to_owned());
+        }
+        if let Some(m) = &filter.metadata {
+            sql.push(" AND metadata @> ").push_bind(Json(m.clone()));
+        }
+        sql.push(" ORDER BY distance LIMIT ").push_bind(k.get());
+        sql.push(format!(
+            ") SELECT {COLUMNS}, (1 - distance)::float8 AS score FROM nearest"
+        ));
+        if let Some(min) = filter.min_score {
+            sql.push(" WHERE 1 - distance >= ")
+                .push_bind(f64::from(min));
+        }
+        sql.push(" ORDER BY distance, id");
+        let rows: Vec<ScoredRow> = sql.build_query_as().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.row.into(), r.score as f32))
+            .collect())
+    }
+
+    /// Claims up to `limit` pending rows for this transaction; other workers skip them.
+    /// The caller embeds them and calls [`Store::fill_embeddings`] in the same transaction.
+    pub async fn claim_pending(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        limit: i64,
+    ) -> Result<Vec<PendingRow>, StoreError> {
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, embedding_text FROM contexts
+             WHERE embedding_status = 'pending' AND is_active
+             ORDER BY updated_at
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, text)| PendingRow {
+                id: ContextId(id),
+                text,
+            })
+            .collect())
+    }
+
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Stores vectors for claimed rows. Does not bump `version`: the content did not change.
+    pub async fn fill_embeddings(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        filled: Vec<(ContextId, Vec<f32>)>,
+    ) -> Result<Vec<Context>, StoreError> {
+        let mut out = Vec::with_capacity(filled.len());
+        for (id, v) in filled {
+            let row: Option<Row> = sqlx::query_as(&format!(
+                "UPDATE contexts SET embedding = $2, embedding_status = 'ready'
+                 WHERE id = $1 AND embedding_status = 'pending'
+                 RETURNING {COLUMNS}"
+            ))
+            .bind(id.0)
+            .bind(Vector::from(v))
+            .fetch_optional(&mut **tx)
+            .await?;
+            out.extend(row.map(Context::from));
+        }
+        Ok(out)
+    }
+
+    pub async fn pending_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM contexts WHERE embedding_status = 'pending' AND is_active",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Deletes up to `batch` expired rows, if no other replica holds the purge lock.
+    /// `None` when another replica is purging.
+    pub async fn purge_expired_batch(
+        &self,
+        batch: i64,
+    ) -> Result<Option<Vec<ContextId>>, StoreError> {
+        // Arbitrary constant naming this job's advisory lock ("ctxpurge").
+        const PURGE_LOCK: i64 = 0x6374_7870_7572_6765;
+        let mut tx = self.pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(PURGE_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            return Ok(None);
+        }
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "DELETE FROM contexts WHERE id IN (
+                SELECT id FROM contexts WHERE expires_at <= now()
+                ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING id",
+        )
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(ids.into_iter().map(ContextId).collect()))
+    }
+}

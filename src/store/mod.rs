@@ -1,0 +1,117 @@
+//! PostgreSQL storage. The only place that speaks SQL.
+
+mod contexts;
+
+pub use contexts::{Current, EmbeddingChange, PendingRow, Replacement};
+mod migrate;
+
+pub use migrate::{migrate, MigrateError};
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::config::DatabaseSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or a connection was not free in time.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e),
+            // admin_shutdown, cannot_connect_now, too_many_connections: the server is going away.
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("57P01" | "57P03" | "53300")) =>
+            {
+                StoreError::Unavailable(e)
+            }
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+/// Cheap to clone: a handle on the pool.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+    dim: usize,
+}
+
+impl Store {
+    /// Connects, retrying until `connect_timeout` (the database may start after us).
+    pub async fn connect(settings: &DatabaseSettings, dim: usize) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = settings
+            .url
+            .expose()
+            .parse()
+            .map_err(StoreError::Database)?;
+        let options = options.application_name("context-api");
+        let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let attempt = PgPoolOptions::new()
+                .max_connections(settings.pool_max)
+                .min_connections(settings.pool_min)
+                .acquire_timeout(settings.acquire_timeout)
+                .connect_with(options.clone())
+                .await;
+            match attempt {
+                Ok(pool) => return Ok(Self { pool, dim }),
+                Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                    tracing::warn!(error = %e, "database not reachable yet, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(3));
+                }
+                Err(e) => return Err(StoreError::Unavailable(e)),
+            }
+        }
+    }
+
+    pub fn from_pool(pool: PgPool, dim: usize) -> Self {
+        Self { pool, dim }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The declared dimension of `contexts.embedding`; `None` when the table is missing.
+    pub async fn column_dimension(&self) -> Result<Option<i32>, StoreError> {
+        // pgvector stores the dimension as the column's type modifier.
+        let dim: Option<i32> = sqlx::query_scalar(
+            "SELECT a.atttypmod FROM pg_attribute a
+             WHERE a.attrelid = to_regclass('contexts') AND a.attname = 'embedding' AND NOT a.attisdropped",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(dim)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn pool_size(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

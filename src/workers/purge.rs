@@ -1,0 +1,50 @@
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::service::Contexts;
+
+/// Deletes expired rows in batches. Readers stop seeing a context the moment it
+/// expires; this only reclaims space. A transaction-scoped advisory lock lets
+/// one replica at a time do it.
+pub async fn purge_expired(
+    contexts: Contexts,
+    batch: i64,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            match contexts.store.purge_expired_batch(batch).await {
+                Ok(Some(ids)) => {
+                    metrics::counter!("contexts_purged_total").increment(ids.len() as u64);
+                    if !ids.is_empty() {
+                        tracing::info!(count = ids.len(), "purged expired contexts");
+                    }
+                    for id in &ids {
+                        contexts.cache.put_tombstone(*id, None).await;
+                    }
+                    if (ids.len() as i64) < batch {
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    tracing::debug!("another replica is purging");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purge failed");
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!("purge worker stopped");
+}
