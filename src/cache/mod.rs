@@ -19,15 +19,7 @@ use tokio::sync::OnceCell;
 use crate::config::RedisSettings;
 use crate::domain::{Context, ContextId};
 
-const PUT_IF_NEWER: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local gen = tonumber(string.match(cur, '^(%-?%d+)|'))
-  if gen and gen >= tonumber(ARGV[1]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
-return 1
-";
+const PUT_IF_NEWER: &str = include_str!("put_if_newer.lua");
 
 /// A deleted context: cached so that a concurrent reader cannot revive it.
 const TOMBSTONE: &str = "";

@@ -1,0 +1,9 @@
+-- Store ARGV[2] under KEYS[1] with generation ARGV[1] and TTL ARGV[3] ms,
+-- unless the entry already there has the same or a newer generation.
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local gen = tonumber(string.match(cur, '^(%-?%d+)|'))
+  if gen and gen >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
+return 1

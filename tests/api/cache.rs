@@ -1,0 +1,115 @@
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_problem, spawn_app};
+
+async fn metadata_of(app: &crate::helpers::TestApp, id: &str) -> Value {
+    let resp = app.get(id).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    body["metadata"].clone()
+}
+
+#[tokio::test]
+async fn reads_are_cached_in_redis_under_the_prefix() {
+    let app = spawn_app().await;
+    let c = app.create(app.alice.id, json!({"content": {"text": "cached"}})).await;
+    let id = c["id"].as_str().unwrap();
+    assert_eq!(app.get(id).await.status(), 200);
+    let mut redis = app.redis().await;
+    let key = format!("{}ctx:{id}", app.prefix);
+    let raw: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await.unwrap();
+    let raw = raw.expect("the context is in the cache");
+    assert!(raw.contains("cached"));
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut redis).await.unwrap();
+    assert!(ttl > 0 && ttl <= 300_000, "{ttl}");
+
+    // Served from the cache: a row changed behind the service's back is not seen
+    // (this is what proves the read came from Redis).
+    let pool = app.db.pool().await;
+    sqlx::query("UPDATE contexts SET metadata = '{\"sneaky\": true}' WHERE id = $1::uuid")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(metadata_of(&app, id).await, json!({}));
+}
+
+#[tokio::test]
+async fn writes_invalidate_across_two_instances_sharing_redis() {
+    let a = spawn_app().await;
+    let b = a.sibling().await;
+    let c = a.create(a.alice.id, json!({"content": {"text": "shared"}, "metadata": {"v": 1}})).await;
+    let id = c["id"].as_str().unwrap();
+    // Both instances read (and cache) version 1.
+    assert_eq!(metadata_of(&a, id).await, json!({"v": 1}));
+    assert_eq!(metadata_of(&b, id).await, json!({"v": 1}));
+
+    // Write through A, read through B: never stale.
+    let resp = a
+        .req(Method::PATCH, &format!("/contexts/{id}"))
+        .json(&json!({"metadata": {"v": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(metadata_of(&b, id).await, json!({"v": 2}));
+    assert_eq!(metadata_of(&a, id).await, json!({"v": 2}));
+
+    // Write through B, read through A.
+    let resp = b
+        .req(Method::PATCH, &format!("/contexts/{id}"))
+        .json(&json!({"metadata": {"v": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(metadata_of(&a, id).await, json!({"v": 3}));
+
+    // Delete through A: B answers 404 at once.
+    let resp = a.req(Method::DELETE, &format!("/contexts/{id}")).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_problem(b.get(id).await, 404).await;
+}
+
+#[tokio::test]
+async fn an_older_version_never_overwrites_a_newer_cache_entry() {
+    let app = spawn_app().await;
+    let c = app.create(app.alice.id, json!({"content": {"text": "race"}, "metadata": {"v": 1}})).await;
+    let id = c["id"].as_str().unwrap();
+    app.req(Method::PATCH, &format!("/contexts/{id}"))
+        .json(&json!({"metadata": {"v": 2}}))
+        .send()
+        .await
+        .unwrap();
+    // Simulate a slow reader putting back what it read before the write.
+    let mut stale = c.clone();
+    stale["metadata"] = json!({"v": 1});
+    let script = redis::Script::new(include_str!("../../src/cache/put_if_newer.lua"));
+    let mut redis = app.redis().await;
+    let stored: i64 = script
+        .key(format!("{}ctx:{id}", app.prefix))
+        .arg(2) // generation of version 1, ready
+        .arg(serde_json::to_string(&stale).unwrap())
+        .arg(60_000)
+        .invoke_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "the older entry was refused");
+    assert_eq!(metadata_of(&app, id).await, json!({"v": 2}));
+}
+
+#[tokio::test]
+async fn query_embeddings_are_cached_by_model_and_text() {
+    let app = spawn_app().await;
+    app.create(app.alice.id, json!({"content": {"text": "alpha beta"}})).await;
+    let first = app.search(json!({"query": "alpha"})).await;
+    assert_eq!(first.status(), 200);
+    let calls = app.tei.embed_calls();
+    let second = app.search(json!({"query": "alpha"})).await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(app.tei.embed_calls(), calls, "the second identical query used the cache");
+    let a: Value = first.json().await.unwrap();
+    let b: Value = second.json().await.unwrap();
+    assert_eq!(a["results"], b["results"]);
+}

@@ -1,0 +1,126 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_problem, eventually, spawn_app, spawn_app_with, Options, TestApp, DIM};
+
+async fn status_of(app: &TestApp, id: &str) -> String {
+    let body: Value = app.get(id).await.json().await.unwrap();
+    body["embedding_status"].as_str().unwrap().to_owned()
+}
+
+async fn wait_ready(app: &TestApp, id: &str) {
+    eventually(Duration::from_secs(20), || async {
+        (status_of(app, id).await == "ready").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn writes_succeed_pending_while_tei_is_down_and_are_filled_when_it_returns() {
+    let app = spawn_app().await;
+    app.tei.set_down(true);
+    let c = app.create(app.alice.id, json!({"content": {"text": "written during the outage"}})).await;
+    let id = c["id"].as_str().unwrap();
+    assert_eq!(c["embedding_status"], "pending");
+
+    // A text search needs TEI: 503 with Retry-After. A vector search does not.
+    let resp = app.search(json!({"query": "outage"})).await;
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_problem(resp, 503).await;
+    let resp = app.search(json!({"vector": vec![0.3f32; DIM]})).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["results"].as_array().unwrap().is_empty(), "pending rows are not searchable");
+
+    // A PATCH of the text while down stays pending too.
+    let resp = app
+        .req(Method::PATCH, &format!("/contexts/{id}"))
+        .json(&json!({"text": "new words after the outage"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    app.tei.set_down(false);
+    wait_ready(&app, id).await;
+    // The vector stored is the one of the latest text.
+    let resp = app.req(Method::GET, &format!("/contexts/{id}?include=embedding")).send().await.unwrap();
+    let body: Value = resp.json().await.unwrap();
+    let got: Vec<f32> = serde_json::from_value(body["embedding"].clone()).unwrap();
+    let want = crate::tei::vector("new words after the outage", DIM);
+    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6));
+    assert_eq!(body["version"], 2, "filling the embedding is not a change of the context");
+    // And it is now found by a text search.
+    let body: Value = app.search(json!({"query": "new words"})).await.json().await.unwrap();
+    assert_eq!(body["results"][0]["context"]["id"], json!(id));
+}
+
+#[tokio::test]
+async fn the_worker_batches_within_teis_max_client_batch_size() {
+    let app = spawn_app_with(Options { tei_max_batch: 4, ..Default::default() }).await;
+    app.tei.set_down(true);
+    let mut ids = vec![];
+    for i in 0..11 {
+        let c = app.create(app.alice.id, json!({"content": {"text": format!("item number {i}")}})).await;
+        ids.push(c["id"].as_str().unwrap().to_owned());
+    }
+    app.tei.set_down(false);
+    for id in &ids {
+        wait_ready(&app, id).await;
+    }
+    let max = app.tei.switches.max_batch_seen.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(max <= 4 && max > 1, "batches of at most 4, got {max}");
+}
+
+#[tokio::test]
+async fn two_replicas_never_embed_the_same_row_twice() {
+    let a = spawn_app().await;
+    a.tei.set_down(true);
+    let mut texts = vec![];
+    for i in 0..40 {
+        let text = format!("replica row {i}");
+        a.create(a.alice.id, json!({"content": {"text": text}})).await;
+        texts.push(text);
+    }
+    let b = a.sibling().await;
+    // Slow answers widen the window in which both workers look for rows.
+    a.tei.set_delay(Duration::from_millis(30));
+    a.tei.set_down(false);
+    let pool = a.db.pool().await;
+    eventually(Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM contexts WHERE embedding_status = 'pending'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (n == 0).then_some(())
+    })
+    .await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for input in a.tei.inputs() {
+        *seen.entry(input).or_default() += 1;
+    }
+    for text in &texts {
+        assert_eq!(seen.get(text), Some(&1), "{text:?} embedded {:?} times", seen.get(text));
+    }
+    drop(b);
+}
+
+#[tokio::test]
+async fn a_tei_of_the_wrong_dimension_is_reported_and_nothing_of_that_size_is_stored() {
+    let app = spawn_app().await;
+    app.tei.set_dim(DIM * 2);
+    let c = app.create(app.alice.id, json!({"content": {"text": "wrong size"}})).await;
+    assert_eq!(c["embedding_status"], "pending");
+    let body: Value = app.client.get(app.url("/ready")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["checks"]["embeddings"]["status"], "dimension_mismatch", "{body}");
+    assert_eq!(body["checks"]["embeddings"]["got"], DIM * 2);
+    assert_eq!(body["status"], "ready", "embeddings are reported, not required");
+    assert_problem(app.search(json!({"query": "wrong"})).await, 503).await;
+
+    // Fixed: the worker fills the row with a vector of the right size.
+    app.tei.set_dim(0);
+    wait_ready(&app, c["id"].as_str().unwrap()).await;
+}

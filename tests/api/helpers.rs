@@ -1,0 +1,334 @@
+//! `spawn_app()`: a real server on port 0 with its own database, its own Redis
+//! key prefix and its own TEI stand-in. Postgres and Redis are real; when they
+//! are missing the test fails with a message saying how to start them.
+
+use std::time::Duration;
+
+use context_api::auth::key_entry;
+use context_api::config::Settings;
+use context_api::startup::App;
+use figment::providers::Serialized;
+use figment::Figment;
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::tei::TeiStub;
+
+/// Small vectors keep the tests fast; the code path is the same as for 768.
+pub const DIM: usize = 16;
+pub const ADMIN_KEY: &str = "test-admin-key";
+
+pub fn database_admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "TEST_DATABASE_URL is not set: the integration tests need a real PostgreSQL with pgvector. \
+             Run them with ./scripts/test.sh, which installs and starts Postgres and Redis."
+        )
+    })
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "TEST_REDIS_URL is not set: the integration tests need a real Redis. \
+             Run them with ./scripts/test.sh, which installs and starts Postgres and Redis."
+        )
+    })
+}
+
+/// A fresh database, migrated for `dim`; dropped by [`TestDb`]'s `Drop`.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    pub async fn create(dim: usize) -> Self {
+        let admin_url = database_admin_url();
+        let name = format!("test_{}", Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!("cannot connect to TEST_DATABASE_URL ({e}): is Postgres running? ./scripts/services.sh start")
+        });
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        let url = replace_db(&admin_url, &name);
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        context_api::store::migrate(&pool, dim).await.expect("migrations apply");
+        pool.close().await;
+        Self { name, url, admin_url }
+    }
+
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop may run inside a runtime: do the async work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn replace_db(url: &str, db: &str) -> String {
+    let mut u = reqwest::Url::parse(url).expect("TEST_DATABASE_URL is a URL");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// Two user keys besides the admin key.
+pub struct User {
+    pub id: Uuid,
+    pub key: String,
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub client: reqwest::Client,
+    pub tei: TeiStub,
+    pub alice: User,
+    pub bob: User,
+    pub prefix: String,
+    pub overrides: Vec<(String, Value)>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    // Last: the database outlives the server that uses it.
+    pub db: std::sync::Arc<TestDb>,
+}
+
+pub struct Options {
+    pub overrides: Vec<(String, Value)>,
+    pub tei_max_batch: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            overrides: vec![],
+            tei_max_batch: 8,
+        }
+    }
+}
+
+impl Options {
+    pub fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.overrides.push((key.to_owned(), value.into()));
+        self
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let db = std::sync::Arc::new(TestDb::create(DIM).await);
+    let tei = TeiStub::start(DIM, options.tei_max_batch).await;
+    let alice = User {
+        id: Uuid::now_v7(),
+        key: format!("alice-{}", Uuid::new_v4()),
+    };
+    let bob = User {
+        id: Uuid::now_v7(),
+        key: format!("bob-{}", Uuid::new_v4()),
+    };
+    let prefix = format!("test-{}:", Uuid::new_v4().simple());
+    let keys = [
+        key_entry("admin", ADMIN_KEY),
+        key_entry(&alice.id.to_string(), &alice.key),
+        key_entry(&bob.id.to_string(), &bob.key),
+    ]
+    .join(",");
+    let mut overrides: Vec<(String, Value)> = vec![
+        ("bind_address".into(), json!("127.0.0.1:0")),
+        ("database_url".into(), json!(db.url)),
+        ("redis_url".into(), json!(redis_url())),
+        ("cache_key_prefix".into(), json!(prefix)),
+        ("embedding_service_url".into(), json!(tei.url())),
+        ("embedding_dim".into(), json!(DIM)),
+        ("embedding_timeout_ms".into(), json!(2000)),
+        ("embedding_max_retries".into(), json!(1)),
+        ("embedding_worker_interval_ms".into(), json!(100)),
+        ("db_pool_max".into(), json!(5)),
+        ("api_keys".into(), json!(keys)),
+        ("log_level".into(), json!(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))),
+    ];
+    overrides.extend(options.overrides);
+    let mut app = TestApp {
+        addr: "0.0.0.0:0".parse().unwrap(),
+        client: reqwest::Client::new(),
+        tei,
+        alice,
+        bob,
+        prefix,
+        overrides,
+        shutdown: None,
+        server: None,
+        db,
+    };
+    app.start().await;
+    app
+}
+
+pub fn settings_from(overrides: &[(String, Value)]) -> Settings {
+    let mut fig = Figment::new();
+    for (k, v) in overrides {
+        fig = fig.merge(Serialized::default(k, v));
+    }
+    Settings::from_figment(fig).expect("test settings are valid")
+}
+
+impl TestApp {
+    async fn start(&mut self) {
+        let settings = settings_from(&self.overrides);
+        context_api::telemetry::init_logging(&settings.log);
+        let app = App::build(settings, false).await.expect("app builds");
+        self.addr = app.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        self.shutdown = Some(tx);
+        self.server = Some(tokio::spawn(async move {
+            app.run(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        }));
+    }
+
+    /// A second instance on the same database, Redis prefix and TEI.
+    pub async fn sibling(&self) -> TestApp {
+        let mut other = TestApp {
+            addr: "0.0.0.0:0".parse().unwrap(),
+            client: reqwest::Client::new(),
+            tei: self.tei.clone(),
+            alice: User {
+                id: self.alice.id,
+                key: self.alice.key.clone(),
+            },
+            bob: User {
+                id: self.bob.id,
+                key: self.bob.key.clone(),
+            },
+            prefix: self.prefix.clone(),
+            overrides: self.overrides.clone(),
+            shutdown: None,
+            server: None,
+            db: self.db.clone(),
+        };
+        other.start().await;
+        other
+    }
+
+    /// Stops the server and waits for its drain to finish.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(30), h)
+                .await
+                .expect("server stops in time")
+                .expect("server task does not panic");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A request with the admin key.
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path)).bearer_auth(ADMIN_KEY)
+    }
+
+    pub fn req_as(&self, key: &str, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path)).bearer_auth(key)
+    }
+
+    /// Creates a context as admin for `user`; panics unless 201.
+    pub async fn create(&self, user: Uuid, body: Value) -> Value {
+        let mut body = body;
+        body["user_id"] = json!(user);
+        if body.get("context_type").is_none() {
+            body["context_type"] = json!("note");
+        }
+        let resp = self.req(Method::POST, "/contexts").json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 201, "create failed: {}", resp.text().await.unwrap());
+        resp.json().await.unwrap()
+    }
+
+    pub async fn get(&self, id: &str) -> Response {
+        self.req(Method::GET, &format!("/contexts/{id}")).send().await.unwrap()
+    }
+
+    pub async fn search(&self, body: Value) -> Response {
+        self.req(Method::POST, "/contexts/search").json(&body).send().await.unwrap()
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis is reachable at TEST_REDIS_URL: ./scripts/services.sh start")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.server.take() {
+            h.abort();
+        }
+    }
+}
+
+/// Asserts an RFC 9457 problem response with `status`; returns its body.
+pub async fn assert_problem(resp: Response, status: u16) -> Value {
+    assert_eq!(resp.status(), status, "unexpected status; body: {:?}", "see below");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert_eq!(ct, "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "problem lacks {field}: {body}");
+    }
+    body
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

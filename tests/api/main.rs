@@ -1,0 +1,13 @@
+//! Integration tests: one binary, one file per feature. Each test gets its own
+//! database, Redis key prefix and TEI stand-in (see helpers.rs).
+
+mod helpers;
+mod tei;
+
+mod auth;
+mod cache;
+mod contexts;
+mod embeddings;
+mod health;
+mod lifecycle;
+mod search;
