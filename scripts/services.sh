@@ -275,7 +275,8 @@ start_pg() {
     else
         write_pg_conf
         log "starting postgres on 127.0.0.1:$PG_PORT"
-        if ! as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -w -t 60 >/dev/null 2>&1; then
+        # 9>&-: the daemon must not inherit the lock descriptor (see with_lock).
+        if ! as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -w -t 60 >/dev/null 2>&1 9>&-; then
             tail -n 15 "$PG_LOG" >&2 || true
             die "postgres failed to start on 127.0.0.1:$PG_PORT (log: $PG_LOG)"
         fi
@@ -367,7 +368,7 @@ start_redis() {
     log "starting redis on 127.0.0.1:$REDIS_PORT"
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
         --daemonize yes --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" --dir "$REDIS_DIR" \
-        >/dev/null 2>&1 || { tail -n 10 "$REDIS_LOG" >&2 2>/dev/null || true; die "redis-server failed to start (log: $REDIS_LOG)"; }
+        >/dev/null 2>&1 9>&- || { tail -n 10 "$REDIS_LOG" >&2 2>/dev/null || true; die "redis-server failed to start (log: $REDIS_LOG)"; }
     local i
     for i in $(seq 1 100); do
         if redis_ping "$REDIS_PORT"; then
@@ -415,6 +416,8 @@ status_redis() {
 
 # ----------------------------------------------------------------- main ----
 
+# Serialise concurrent runs. Daemons started under the lock are spawned with
+# fd 9 closed, or they would hold the lock for their whole lifetime.
 with_lock() {
     mkdir -p "$SERVICES"
     exec 9>"$SERVICES/.lock"

@@ -30,15 +30,24 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_) => StoreError::Unavailable(e),
-            // admin_shutdown, cannot_connect_now, too_many_connections: the server is going away.
-            sqlx::Error::Database(db)
-                if matches!(db.code().as_deref(), Some("57P01" | "57P03" | "53300")) =>
-            {
+            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_unavailable_code) => {
                 StoreError::Unavailable(e)
             }
             _ => StoreError::Database(e),
         }
     }
+}
+
+/// SQLSTATEs that mean "the database cannot serve us right now" rather than
+/// "this statement is wrong": connection exceptions (08), refused logins (28),
+/// insufficient resources (53), operator intervention such as a shutdown (57),
+/// a database that is gone or closed to connections (3D000, 55000), and a
+/// read-only server after a failover (25006).
+fn is_unavailable_code(code: &str) -> bool {
+    ["08", "28", "53", "57"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || matches!(code, "3D000" | "55000" | "25006")
 }
 
 /// Cheap to clone: a handle on the pool.

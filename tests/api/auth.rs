@@ -16,10 +16,25 @@ async fn every_contexts_route_needs_a_bearer_key() {
         (Method::POST, "/contexts/search".to_string()),
     ];
     for (method, path) in routes {
-        let resp = app.client.request(method.clone(), app.url(&path)).json(&json!({})).send().await.unwrap();
-        assert_eq!(resp.headers()["www-authenticate"], "Bearer", "{method} {path}");
+        let resp = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.headers()["www-authenticate"],
+            "Bearer",
+            "{method} {path}"
+        );
         assert_problem(resp, 401).await;
-        let resp = app.req_as("wrong-key", method.clone(), &path).json(&json!({})).send().await.unwrap();
+        let resp = app
+            .req_as("wrong-key", method.clone(), &path)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
         assert_problem(resp, 401).await;
     }
     // Probes stay open.
@@ -54,9 +69,15 @@ async fn a_user_key_writes_only_its_own_user() {
 #[tokio::test]
 async fn another_users_context_is_404_for_read_update_and_delete() {
     let app = spawn_app().await;
-    let c = app.create(app.bob.id, json!({"content": {"text": "bob's secret"}})).await;
+    let c = app
+        .create(app.bob.id, json!({"content": {"text": "bob's secret"}}))
+        .await;
     let path = format!("/contexts/{}", c["id"].as_str().unwrap());
-    let resp = app.req_as(&app.alice.key, Method::GET, &path).send().await.unwrap();
+    let resp = app
+        .req_as(&app.alice.key, Method::GET, &path)
+        .send()
+        .await
+        .unwrap();
     assert_problem(resp, 404).await;
     let resp = app
         .req_as(&app.alice.key, Method::PATCH, &path)
@@ -65,18 +86,37 @@ async fn another_users_context_is_404_for_read_update_and_delete() {
         .await
         .unwrap();
     assert_problem(resp, 404).await;
-    let resp = app.req_as(&app.alice.key, Method::DELETE, &path).send().await.unwrap();
+    let resp = app
+        .req_as(&app.alice.key, Method::DELETE, &path)
+        .send()
+        .await
+        .unwrap();
     assert_problem(resp, 404).await;
     // Bob's key and the admin key see it.
-    assert_eq!(app.req_as(&app.bob.key, Method::GET, &path).send().await.unwrap().status(), 200);
-    assert_eq!(app.req(Method::GET, &path).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.req_as(&app.bob.key, Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.req(Method::GET, &path).send().await.unwrap().status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn list_and_search_are_confined_to_the_keys_user() {
     let app = spawn_app().await;
-    app.create(app.alice.id, json!({"content": {"text": "apple pie recipe"}})).await;
-    app.create(app.bob.id, json!({"content": {"text": "apple pie recipe"}})).await;
+    app.create(
+        app.alice.id,
+        json!({"content": {"text": "apple pie recipe"}}),
+    )
+    .await;
+    app.create(app.bob.id, json!({"content": {"text": "apple pie recipe"}}))
+        .await;
 
     let page: Value = app
         .req_as(&app.alice.key, Method::GET, "/contexts")
@@ -90,7 +130,11 @@ async fn list_and_search_are_confined_to_the_keys_user() {
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["user_id"], json!(app.alice.id));
     let resp = app
-        .req_as(&app.alice.key, Method::GET, &format!("/contexts?user_id={}", app.bob.id))
+        .req_as(
+            &app.alice.key,
+            Method::GET,
+            &format!("/contexts?user_id={}", app.bob.id),
+        )
         .send()
         .await
         .unwrap();

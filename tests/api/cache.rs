@@ -13,15 +13,25 @@ async fn metadata_of(app: &crate::helpers::TestApp, id: &str) -> Value {
 #[tokio::test]
 async fn reads_are_cached_in_redis_under_the_prefix() {
     let app = spawn_app().await;
-    let c = app.create(app.alice.id, json!({"content": {"text": "cached"}})).await;
+    let c = app
+        .create(app.alice.id, json!({"content": {"text": "cached"}}))
+        .await;
     let id = c["id"].as_str().unwrap();
     assert_eq!(app.get(id).await.status(), 200);
     let mut redis = app.redis().await;
     let key = format!("{}ctx:{id}", app.prefix);
-    let raw: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await.unwrap();
+    let raw: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     let raw = raw.expect("the context is in the cache");
     assert!(raw.contains("cached"));
-    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut redis).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     assert!(ttl > 0 && ttl <= 300_000, "{ttl}");
 
     // Served from the cache: a row changed behind the service's back is not seen
@@ -39,7 +49,12 @@ async fn reads_are_cached_in_redis_under_the_prefix() {
 async fn writes_invalidate_across_two_instances_sharing_redis() {
     let a = spawn_app().await;
     let b = a.sibling().await;
-    let c = a.create(a.alice.id, json!({"content": {"text": "shared"}, "metadata": {"v": 1}})).await;
+    let c = a
+        .create(
+            a.alice.id,
+            json!({"content": {"text": "shared"}, "metadata": {"v": 1}}),
+        )
+        .await;
     let id = c["id"].as_str().unwrap();
     // Both instances read (and cache) version 1.
     assert_eq!(metadata_of(&a, id).await, json!({"v": 1}));
@@ -67,7 +82,11 @@ async fn writes_invalidate_across_two_instances_sharing_redis() {
     assert_eq!(metadata_of(&a, id).await, json!({"v": 3}));
 
     // Delete through A: B answers 404 at once.
-    let resp = a.req(Method::DELETE, &format!("/contexts/{id}")).send().await.unwrap();
+    let resp = a
+        .req(Method::DELETE, &format!("/contexts/{id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 204);
     assert_problem(b.get(id).await, 404).await;
 }
@@ -75,7 +94,12 @@ async fn writes_invalidate_across_two_instances_sharing_redis() {
 #[tokio::test]
 async fn an_older_version_never_overwrites_a_newer_cache_entry() {
     let app = spawn_app().await;
-    let c = app.create(app.alice.id, json!({"content": {"text": "race"}, "metadata": {"v": 1}})).await;
+    let c = app
+        .create(
+            app.alice.id,
+            json!({"content": {"text": "race"}, "metadata": {"v": 1}}),
+        )
+        .await;
     let id = c["id"].as_str().unwrap();
     app.req(Method::PATCH, &format!("/contexts/{id}"))
         .json(&json!({"metadata": {"v": 2}}))
@@ -102,13 +126,18 @@ async fn an_older_version_never_overwrites_a_newer_cache_entry() {
 #[tokio::test]
 async fn query_embeddings_are_cached_by_model_and_text() {
     let app = spawn_app().await;
-    app.create(app.alice.id, json!({"content": {"text": "alpha beta"}})).await;
+    app.create(app.alice.id, json!({"content": {"text": "alpha beta"}}))
+        .await;
     let first = app.search(json!({"query": "alpha"})).await;
     assert_eq!(first.status(), 200);
     let calls = app.tei.embed_calls();
     let second = app.search(json!({"query": "alpha"})).await;
     assert_eq!(second.status(), 200);
-    assert_eq!(app.tei.embed_calls(), calls, "the second identical query used the cache");
+    assert_eq!(
+        app.tei.embed_calls(),
+        calls,
+        "the second identical query used the cache"
+    );
     let a: Value = first.json().await.unwrap();
     let b: Value = second.json().await.unwrap();
     assert_eq!(a["results"], b["results"]);

@@ -23,7 +23,10 @@ async fn create_returns_201_location_etag_and_the_context() {
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
     let body: Value = resp.json().await.unwrap();
     assert_eq!(etag, "\"1\"");
-    assert_eq!(location, format!("/contexts/{}", body["id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/contexts/{}", body["id"].as_str().unwrap())
+    );
     assert_eq!(body["version"], 1);
     assert_eq!(body["user_id"], json!(app.alice.id));
     assert_eq!(body["context_type"], "preference");
@@ -32,11 +35,20 @@ async fn create_returns_201_location_etag_and_the_context() {
     assert_eq!(body["embedding_status"], "ready");
     assert_eq!(body["is_active"], true);
     assert!(body["expires_at"].is_null());
-    assert!(body.get("embedding").is_none(), "the vector is only sent when asked for");
+    assert!(
+        body.get("embedding").is_none(),
+        "the vector is only sent when asked for"
+    );
     // The text embedded was content.text.
     assert!(app.tei.inputs().contains(&"likes green tea".to_string()));
 
-    let resp = app.client.get(app.url(&location)).bearer_auth(crate::helpers::ADMIN_KEY).send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.url(&location))
+        .bearer_auth(crate::helpers::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["etag"], "\"1\"");
     let fetched: Value = resp.json().await.unwrap();
@@ -46,22 +58,42 @@ async fn create_returns_201_location_etag_and_the_context() {
 #[tokio::test]
 async fn embedded_text_is_text_then_content_text_then_compact_json() {
     let app = spawn_app().await;
-    app.create(app.alice.id, json!({"content": {"text": "ignored"}, "text": "explicit words"})).await;
-    app.create(app.alice.id, json!({"content": {"a": 1, "b": [true]}})).await;
+    app.create(
+        app.alice.id,
+        json!({"content": {"text": "ignored"}, "text": "explicit words"}),
+    )
+    .await;
+    app.create(app.alice.id, json!({"content": {"a": 1, "b": [true]}}))
+        .await;
     let inputs = app.tei.inputs();
     assert!(inputs.contains(&"explicit words".to_string()), "{inputs:?}");
-    assert!(inputs.contains(&r#"{"a":1,"b":[true]}"#.to_string()), "{inputs:?}");
+    assert!(
+        inputs.contains(&r#"{"a":1,"b":[true]}"#.to_string()),
+        "{inputs:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_given_embedding_is_stored_as_is_without_calling_tei() {
     let app = spawn_app().await;
-    let before = app.tei.embed_calls();
     let vector: Vec<f32> = (0..DIM).map(|i| i as f32 + 1.0).collect();
-    let created = app.create(app.alice.id, json!({"content": {"k": "v"}, "embedding": vector})).await;
-    assert_eq!(app.tei.embed_calls(), before, "TEI must not be called");
+    let created = app
+        .create(
+            app.alice.id,
+            json!({"content": {"text": "given vector"}, "embedding": vector}),
+        )
+        .await;
+    assert_eq!(created["embedding_status"], "ready");
+    assert!(
+        !app.tei.inputs().contains(&"given vector".to_string()),
+        "TEI must not be called"
+    );
     let id = created["id"].as_str().unwrap();
-    let resp = app.req(Method::GET, &format!("/contexts/{id}?include=embedding")).send().await.unwrap();
+    let resp = app
+        .req(Method::GET, &format!("/contexts/{id}?include=embedding"))
+        .send()
+        .await
+        .unwrap();
     let body: Value = resp.json().await.unwrap();
     let got: Vec<f32> = serde_json::from_value(body["embedding"].clone()).unwrap();
     assert_eq!(got, vector);
@@ -72,33 +104,51 @@ async fn get_is_404_for_absent_soft_deleted_and_expired() {
     let app = spawn_app().await;
     assert_problem(app.get(&Uuid::now_v7().to_string()).await, 404).await;
 
-    let c = app.create(app.alice.id, json!({"content": {"text": "x"}})).await;
+    let c = app
+        .create(app.alice.id, json!({"content": {"text": "x"}}))
+        .await;
     let id = c["id"].as_str().unwrap();
-    let resp = app.req(Method::DELETE, &format!("/contexts/{id}")).send().await.unwrap();
+    let resp = app
+        .req(Method::DELETE, &format!("/contexts/{id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 204);
     assert_problem(app.get(id).await, 404).await;
 
     // Soft delete keeps the row, inactive.
     let pool = app.db.pool().await;
-    let (active, version): (bool, i32) = sqlx::query_as("SELECT is_active, version FROM contexts WHERE id = $1::uuid")
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let (active, version): (bool, i32) =
+        sqlx::query_as("SELECT is_active, version FROM contexts WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert!(!active);
     assert_eq!(version, 2);
 
     let past = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
-    let c = app.create(app.alice.id, json!({"content": {"text": "old"}, "expires_at": past})).await;
+    let c = app
+        .create(
+            app.alice.id,
+            json!({"content": {"text": "old"}, "expires_at": past}),
+        )
+        .await;
     assert_problem(app.get(c["id"].as_str().unwrap()).await, 404).await;
 }
 
 #[tokio::test]
 async fn hard_delete_removes_the_row() {
     let app = spawn_app().await;
-    let c = app.create(app.alice.id, json!({"content": {"text": "x"}})).await;
+    let c = app
+        .create(app.alice.id, json!({"content": {"text": "x"}}))
+        .await;
     let id = c["id"].as_str().unwrap();
-    let resp = app.req(Method::DELETE, &format!("/contexts/{id}?hard=true")).send().await.unwrap();
+    let resp = app
+        .req(Method::DELETE, &format!("/contexts/{id}?hard=true"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 204);
     let pool = app.db.pool().await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM contexts WHERE id = $1::uuid")
@@ -108,22 +158,36 @@ async fn hard_delete_removes_the_row() {
         .unwrap();
     assert_eq!(n, 0);
     assert_problem(app.get(id).await, 404).await;
-    let resp = app.req(Method::DELETE, &format!("/contexts/{id}?hard=true")).send().await.unwrap();
+    let resp = app
+        .req(Method::DELETE, &format!("/contexts/{id}?hard=true"))
+        .send()
+        .await
+        .unwrap();
     assert_problem(resp, 404).await;
 }
 
 #[tokio::test]
 async fn ttl_seconds_sets_expires_at_and_both_is_422() {
     let app = spawn_app().await;
-    let c = app.create(app.alice.id, json!({"content": {"text": "x"}, "ttl_seconds": 3600})).await;
+    let c = app
+        .create(
+            app.alice.id,
+            json!({"content": {"text": "x"}, "ttl_seconds": 3600}),
+        )
+        .await;
     let at: chrono::DateTime<chrono::Utc> = c["expires_at"].as_str().unwrap().parse().unwrap();
     let left = at - chrono::Utc::now();
-    assert!(left > chrono::Duration::seconds(3590) && left <= chrono::Duration::seconds(3600), "{left}");
+    assert!(
+        left > chrono::Duration::seconds(3590) && left <= chrono::Duration::seconds(3600),
+        "{left}"
+    );
 
     let resp = app
         .req(Method::POST, "/contexts")
-        .json(&json!({"user_id": app.alice.id, "context_type": "t", "content": {},
-                      "ttl_seconds": 5, "expires_at": "2030-01-01T00:00:00Z"}))
+        .json(
+            &json!({"user_id": app.alice.id, "context_type": "t", "content": {},
+                      "ttl_seconds": 5, "expires_at": "2030-01-01T00:00:00Z"}),
+        )
         .send()
         .await
         .unwrap();
@@ -134,7 +198,10 @@ async fn ttl_seconds_sets_expires_at_and_both_is_422() {
 async fn patch_replaces_given_fields_bumps_version_and_reembeds_on_text_change() {
     let app = spawn_app().await;
     let c = app
-        .create(app.alice.id, json!({"content": {"text": "first words"}, "metadata": {"a": 1}}))
+        .create(
+            app.alice.id,
+            json!({"content": {"text": "first words"}, "metadata": {"a": 1}}),
+        )
         .await;
     let id = c["id"].as_str().unwrap();
     let calls = app.tei.embed_calls();
@@ -152,7 +219,11 @@ async fn patch_replaces_given_fields_bumps_version_and_reembeds_on_text_change()
     assert_eq!(body["metadata"], json!({"b": 2}));
     assert_eq!(body["content"]["text"], "first words");
     assert_eq!(body["version"], 2);
-    assert_eq!(app.tei.embed_calls(), calls, "unchanged text is not re-embedded");
+    assert_eq!(
+        app.tei.embed_calls(),
+        calls,
+        "unchanged text is not re-embedded"
+    );
 
     // New content text: re-embedded.
     let resp = app
@@ -169,7 +240,11 @@ async fn patch_replaces_given_fields_bumps_version_and_reembeds_on_text_change()
     assert_eq!(app.tei.inputs().last().unwrap(), "second words");
 
     // The stored vector is the new text's.
-    let resp = app.req(Method::GET, &format!("/contexts/{id}?include=embedding")).send().await.unwrap();
+    let resp = app
+        .req(Method::GET, &format!("/contexts/{id}?include=embedding"))
+        .send()
+        .await
+        .unwrap();
     let body: Value = resp.json().await.unwrap();
     let got: Vec<f32> = serde_json::from_value(body["embedding"].clone()).unwrap();
     let want = crate::tei::vector("second words", DIM);
@@ -198,7 +273,9 @@ async fn patch_replaces_given_fields_bumps_version_and_reembeds_on_text_change()
 #[tokio::test]
 async fn if_match_is_honored_on_patch_and_delete() {
     let app = spawn_app().await;
-    let c = app.create(app.alice.id, json!({"content": {"text": "x"}})).await;
+    let c = app
+        .create(app.alice.id, json!({"content": {"text": "x"}}))
+        .await;
     let id = c["id"].as_str().unwrap();
     let path = format!("/contexts/{id}");
 
@@ -219,15 +296,30 @@ async fn if_match_is_honored_on_patch_and_delete() {
         .await
         .unwrap();
     assert_problem(resp, 412).await;
-    let resp = app.req(Method::DELETE, &path).header("if-match", "\"1\"").send().await.unwrap();
+    let resp = app
+        .req(Method::DELETE, &path)
+        .header("if-match", "\"1\"")
+        .send()
+        .await
+        .unwrap();
     assert_problem(resp, 412).await;
-    let resp = app.req(Method::DELETE, &path).header("if-match", "garbage").send().await.unwrap();
+    let resp = app
+        .req(Method::DELETE, &path)
+        .header("if-match", "garbage")
+        .send()
+        .await
+        .unwrap();
     assert_problem(resp, 412).await;
     // The stored context is untouched by the refused writes.
     let body: Value = app.get(id).await.json().await.unwrap();
     assert_eq!(body["metadata"], json!({"v": 2}));
 
-    let resp = app.req(Method::DELETE, &path).header("if-match", "\"2\"").send().await.unwrap();
+    let resp = app
+        .req(Method::DELETE, &path)
+        .header("if-match", "\"2\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 204);
 }
 
@@ -237,38 +329,64 @@ async fn list_is_newest_first_filtered_and_paged_by_a_stable_cursor() {
     let mut ids = vec![];
     for i in 0..5 {
         let kind = if i % 2 == 0 { "even" } else { "odd" };
-        let c = app.create(app.alice.id, json!({"context_type": kind, "content": {"text": format!("n{i}")}})).await;
+        let c = app
+            .create(
+                app.alice.id,
+                json!({"context_type": kind, "content": {"text": format!("n{i}")}}),
+            )
+            .await;
         ids.push(c["id"].as_str().unwrap().to_owned());
     }
-    app.create(app.bob.id, json!({"content": {"text": "bob's"}})).await;
+    app.create(app.bob.id, json!({"content": {"text": "bob's"}}))
+        .await;
 
     let page: Value = app
-        .req(Method::GET, &format!("/contexts?user_id={}&limit=2", app.alice.id))
+        .req(
+            Method::GET,
+            &format!("/contexts?user_id={}&limit=2", app.alice.id),
+        )
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let first: Vec<&str> = page["items"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    let first: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
     assert_eq!(first, vec![ids[4].as_str(), ids[3].as_str()]);
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
 
     // Inserts between pages do not shift the next page.
-    app.create(app.alice.id, json!({"content": {"text": "late"}})).await;
+    app.create(app.alice.id, json!({"content": {"text": "late"}}))
+        .await;
     let page: Value = app
-        .req(Method::GET, &format!("/contexts?user_id={}&limit=2&cursor={cursor}", app.alice.id))
+        .req(
+            Method::GET,
+            &format!("/contexts?user_id={}&limit=2&cursor={cursor}", app.alice.id),
+        )
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let second: Vec<&str> = page["items"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    let second: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
     assert_eq!(second, vec![ids[2].as_str(), ids[1].as_str()]);
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
     let page: Value = app
-        .req(Method::GET, &format!("/contexts?user_id={}&limit=2&cursor={cursor}", app.alice.id))
+        .req(
+            Method::GET,
+            &format!("/contexts?user_id={}&limit=2&cursor={cursor}", app.alice.id),
+        )
         .send()
         .await
         .unwrap()
@@ -279,7 +397,10 @@ async fn list_is_newest_first_filtered_and_paged_by_a_stable_cursor() {
     assert!(page["next_cursor"].is_null());
 
     let page: Value = app
-        .req(Method::GET, &format!("/contexts?user_id={}&context_type=even", app.alice.id))
+        .req(
+            Method::GET,
+            &format!("/contexts?user_id={}&context_type=even", app.alice.id),
+        )
         .send()
         .await
         .unwrap()
@@ -287,10 +408,21 @@ async fn list_is_newest_first_filtered_and_paged_by_a_stable_cursor() {
         .await
         .unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 3);
-    assert!(page["items"].as_array().unwrap().iter().all(|c| c["context_type"] == "even"));
+    assert!(page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["context_type"] == "even"));
 
     // Admin without a filter sees everyone, default limit 20.
-    let page: Value = app.req(Method::GET, "/contexts").send().await.unwrap().json().await.unwrap();
+    let page: Value = app
+        .req(Method::GET, "/contexts")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 7);
 }
 
@@ -298,13 +430,31 @@ async fn list_is_newest_first_filtered_and_paged_by_a_stable_cursor() {
 async fn client_errors_are_problems_never_500() {
     let app = spawn_app().await;
     let post = |body: &'static str, ct: &'static str| {
-        app.req(Method::POST, "/contexts").header("content-type", ct).body(body).send()
+        app.req(Method::POST, "/contexts")
+            .header("content-type", ct)
+            .body(body)
+            .send()
     };
     assert_problem(post("{not json", "application/json").await.unwrap(), 400).await;
     assert_problem(post("{}", "text/plain").await.unwrap(), 415).await;
     // Wrong types and unknown fields are validation errors.
-    assert_problem(post(r#"{"context_type": 5, "content": {}}"#, "application/json").await.unwrap(), 422).await;
-    assert_problem(post(r#"{"context_type": "t", "content": {}, "bogus": 1}"#, "application/json").await.unwrap(), 422).await;
+    assert_problem(
+        post(r#"{"context_type": 5, "content": {}}"#, "application/json")
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    assert_problem(
+        post(
+            r#"{"context_type": "t", "content": {}, "bogus": 1}"#,
+            "application/json",
+        )
+        .await
+        .unwrap(),
+        422,
+    )
+    .await;
     let bad = [
         json!({"user_id": "not-a-uuid", "context_type": "t", "content": {}}),
         json!({"user_id": app.alice.id, "context_type": "", "content": {}}),
@@ -316,17 +466,38 @@ async fn client_errors_are_problems_never_500() {
         json!({"context_type": "t", "content": {}}),
     ];
     for body in bad {
-        let resp = app.req(Method::POST, "/contexts").json(&body).send().await.unwrap();
+        let resp = app
+            .req(Method::POST, "/contexts")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_problem(resp, 422).await;
     }
     assert_problem(app.get("not-a-uuid").await, 422).await;
-    let resp = app.req(Method::GET, "/contexts?limit=0").send().await.unwrap();
+    let resp = app
+        .req(Method::GET, "/contexts?limit=0")
+        .send()
+        .await
+        .unwrap();
     assert_problem(resp, 422).await;
-    let resp = app.req(Method::GET, "/contexts?limit=abc").send().await.unwrap();
+    let resp = app
+        .req(Method::GET, "/contexts?limit=abc")
+        .send()
+        .await
+        .unwrap();
     assert_problem(resp, 422).await;
-    let resp = app.req(Method::GET, "/contexts?cursor=zzz").send().await.unwrap();
+    let resp = app
+        .req(Method::GET, "/contexts?cursor=zzz")
+        .send()
+        .await
+        .unwrap();
     assert_problem(resp, 422).await;
-    let resp = app.req(Method::GET, "/contexts?user_id=nope").send().await.unwrap();
+    let resp = app
+        .req(Method::GET, "/contexts?user_id=nope")
+        .send()
+        .await
+        .unwrap();
     assert_problem(resp, 422).await;
     let resp = app.req(Method::PUT, "/contexts").send().await.unwrap();
     assert_problem(resp, 405).await;
@@ -346,5 +517,6 @@ async fn a_body_over_the_limit_is_413() {
         .unwrap();
     assert_problem(resp, 413).await;
     // Just under the limit is fine.
-    app.create(app.alice.id, json!({"content": {"text": "small"}})).await;
+    app.create(app.alice.id, json!({"content": {"text": "small"}}))
+        .await;
 }

@@ -4,7 +4,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, eventually, spawn_app, spawn_app_with, Options, TestApp, DIM};
+use crate::helpers::{
+    assert_problem, eventually, spawn_app, spawn_app_with, Options, TestApp, DIM,
+};
 
 async fn status_of(app: &TestApp, id: &str) -> String {
     let body: Value = app.get(id).await.json().await.unwrap();
@@ -22,7 +24,12 @@ async fn wait_ready(app: &TestApp, id: &str) {
 async fn writes_succeed_pending_while_tei_is_down_and_are_filled_when_it_returns() {
     let app = spawn_app().await;
     app.tei.set_down(true);
-    let c = app.create(app.alice.id, json!({"content": {"text": "written during the outage"}})).await;
+    let c = app
+        .create(
+            app.alice.id,
+            json!({"content": {"text": "written during the outage"}}),
+        )
+        .await;
     let id = c["id"].as_str().unwrap();
     assert_eq!(c["embedding_status"], "pending");
 
@@ -33,7 +40,10 @@ async fn writes_succeed_pending_while_tei_is_down_and_are_filled_when_it_returns
     let resp = app.search(json!({"vector": vec![0.3f32; DIM]})).await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
-    assert!(body["results"].as_array().unwrap().is_empty(), "pending rows are not searchable");
+    assert!(
+        body["results"].as_array().unwrap().is_empty(),
+        "pending rows are not searchable"
+    );
 
     // A PATCH of the text while down stays pending too.
     let resp = app
@@ -47,31 +57,56 @@ async fn writes_succeed_pending_while_tei_is_down_and_are_filled_when_it_returns
     app.tei.set_down(false);
     wait_ready(&app, id).await;
     // The vector stored is the one of the latest text.
-    let resp = app.req(Method::GET, &format!("/contexts/{id}?include=embedding")).send().await.unwrap();
+    let resp = app
+        .req(Method::GET, &format!("/contexts/{id}?include=embedding"))
+        .send()
+        .await
+        .unwrap();
     let body: Value = resp.json().await.unwrap();
     let got: Vec<f32> = serde_json::from_value(body["embedding"].clone()).unwrap();
     let want = crate::tei::vector("new words after the outage", DIM);
     assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6));
-    assert_eq!(body["version"], 2, "filling the embedding is not a change of the context");
+    assert_eq!(
+        body["version"], 2,
+        "filling the embedding is not a change of the context"
+    );
     // And it is now found by a text search.
-    let body: Value = app.search(json!({"query": "new words"})).await.json().await.unwrap();
+    let body: Value = app
+        .search(json!({"query": "new words"}))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["results"][0]["context"]["id"], json!(id));
 }
 
 #[tokio::test]
 async fn the_worker_batches_within_teis_max_client_batch_size() {
-    let app = spawn_app_with(Options { tei_max_batch: 4, ..Default::default() }).await;
+    let app = spawn_app_with(Options {
+        tei_max_batch: 4,
+        ..Default::default()
+    })
+    .await;
     app.tei.set_down(true);
     let mut ids = vec![];
     for i in 0..11 {
-        let c = app.create(app.alice.id, json!({"content": {"text": format!("item number {i}")}})).await;
+        let c = app
+            .create(
+                app.alice.id,
+                json!({"content": {"text": format!("item number {i}")}}),
+            )
+            .await;
         ids.push(c["id"].as_str().unwrap().to_owned());
     }
     app.tei.set_down(false);
     for id in &ids {
         wait_ready(&app, id).await;
     }
-    let max = app.tei.switches.max_batch_seen.load(std::sync::atomic::Ordering::SeqCst);
+    let max = app
+        .tei
+        .switches
+        .max_batch_seen
+        .load(std::sync::atomic::Ordering::SeqCst);
     assert!(max <= 4 && max > 1, "batches of at most 4, got {max}");
 }
 
@@ -82,7 +117,8 @@ async fn two_replicas_never_embed_the_same_row_twice() {
     let mut texts = vec![];
     for i in 0..40 {
         let text = format!("replica row {i}");
-        a.create(a.alice.id, json!({"content": {"text": text}})).await;
+        a.create(a.alice.id, json!({"content": {"text": text}}))
+            .await;
         texts.push(text);
     }
     let b = a.sibling().await;
@@ -91,10 +127,11 @@ async fn two_replicas_never_embed_the_same_row_twice() {
     a.tei.set_down(false);
     let pool = a.db.pool().await;
     eventually(Duration::from_secs(30), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM contexts WHERE embedding_status = 'pending'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM contexts WHERE embedding_status = 'pending'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         (n == 0).then_some(())
     })
     .await;
@@ -103,7 +140,12 @@ async fn two_replicas_never_embed_the_same_row_twice() {
         *seen.entry(input).or_default() += 1;
     }
     for text in &texts {
-        assert_eq!(seen.get(text), Some(&1), "{text:?} embedded {:?} times", seen.get(text));
+        assert_eq!(
+            seen.get(text),
+            Some(&1),
+            "{text:?} embedded {:?} times",
+            seen.get(text)
+        );
     }
     drop(b);
 }
@@ -112,12 +154,28 @@ async fn two_replicas_never_embed_the_same_row_twice() {
 async fn a_tei_of_the_wrong_dimension_is_reported_and_nothing_of_that_size_is_stored() {
     let app = spawn_app().await;
     app.tei.set_dim(DIM * 2);
-    let c = app.create(app.alice.id, json!({"content": {"text": "wrong size"}})).await;
+    let c = app
+        .create(app.alice.id, json!({"content": {"text": "wrong size"}}))
+        .await;
     assert_eq!(c["embedding_status"], "pending");
-    let body: Value = app.client.get(app.url("/ready")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(body["checks"]["embeddings"]["status"], "dimension_mismatch", "{body}");
+    let body: Value = app
+        .client
+        .get(app.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["checks"]["embeddings"]["status"], "dimension_mismatch",
+        "{body}"
+    );
     assert_eq!(body["checks"]["embeddings"]["got"], DIM * 2);
-    assert_eq!(body["status"], "ready", "embeddings are reported, not required");
+    assert_eq!(
+        body["status"], "ready",
+        "embeddings are reported, not required"
+    );
     assert_problem(app.search(json!({"query": "wrong"})).await, 503).await;
 
     // Fixed: the worker fills the row with a vector of the right size.

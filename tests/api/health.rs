@@ -35,29 +35,47 @@ async fn ready_is_degraded_when_required_redis_is_down_but_not_when_optional() {
     assert_eq!(body["status"], "degraded");
     assert_eq!(body["checks"]["redis"], "down");
 
-    let app = spawn_app_with(Options::default().set("redis_url", dead).set("redis_optional", true)).await;
+    let app = spawn_app_with(
+        Options::default()
+            .set("redis_url", dead)
+            .set("redis_optional", true),
+    )
+    .await;
     let resp = app.client.get(app.url("/ready")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
 
     // And a Redis outage never fails a request: the cache is bypassed.
-    let created = app.create(app.alice.id, serde_json::json!({"content": {"text": "still works"}})).await;
+    let created = app
+        .create(
+            app.alice.id,
+            serde_json::json!({"content": {"text": "still works"}}),
+        )
+        .await;
     let resp = app.get(created["id"].as_str().unwrap()).await;
     assert_eq!(resp.status(), 200);
-    let resp = app.search(serde_json::json!({"query": "still works"})).await;
+    let resp = app
+        .search(serde_json::json!({"query": "still works"}))
+        .await;
     assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test]
 async fn ready_is_degraded_when_postgres_is_gone() {
     let app = spawn_app().await;
-    let pool = app.db.pool().await;
-    // Terminate the app's connections and forbid new ones: the database is "down".
-    sqlx::query(&format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", app.db.name))
-        .execute(&pool)
+    let admin = sqlx::PgPool::connect(&crate::helpers::database_admin_url())
         .await
         .unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        .execute(&pool)
+    // Forbid new connections and terminate the app's: the database is "down".
+    sqlx::query(&format!(
+        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
+        app.db.name
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&app.db.name)
+        .execute(&admin)
         .await
         .unwrap();
     let resp = app.client.get(app.url("/ready")).send().await.unwrap();
@@ -68,29 +86,46 @@ async fn ready_is_degraded_when_postgres_is_gone() {
 
     // A request that needs the database gets 503 with Retry-After, never a 500.
     let resp = app
-        .req(Method::GET, "/contexts/0190b7a0-0000-7000-8000-000000000000")
+        .req(
+            Method::GET,
+            "/contexts/0190b7a0-0000-7000-8000-000000000000",
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
 
-    sqlx::query(&format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", app.db.name))
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+        app.db.name
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
 async fn metrics_are_prometheus_text_labelled_by_route_template() {
     let app = spawn_app().await;
-    let created = app.create(app.alice.id, serde_json::json!({"content": {"text": "m"}})).await;
+    let created = app
+        .create(app.alice.id, serde_json::json!({"content": {"text": "m"}}))
+        .await;
     let id = created["id"].as_str().unwrap();
     assert_eq!(app.get(id).await.status(), 200);
     assert_eq!(app.get(id).await.status(), 200);
+    assert_eq!(
+        app.search(serde_json::json!({"query": "never asked before"}))
+            .await
+            .status(),
+        200
+    );
     let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let text = resp.text().await.unwrap();
     for name in [
         "http_requests_total",
@@ -106,7 +141,10 @@ async fn metrics_are_prometheus_text_labelled_by_route_template() {
     ] {
         assert!(text.contains(name), "missing {name} in:\n{text}");
     }
-    assert!(text.contains("route=\"/contexts/{id}\""), "route template label missing");
+    assert!(
+        text.contains("route=\"/contexts/{id}\""),
+        "route template label missing"
+    );
     assert!(!text.contains(id), "a raw path leaked into metric labels");
 }
 

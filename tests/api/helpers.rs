@@ -53,12 +53,21 @@ impl TestDb {
         let mut conn = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
             panic!("cannot connect to TEST_DATABASE_URL ({e}): is Postgres running? ./scripts/services.sh start")
         });
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         let url = replace_db(&admin_url, &name);
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        context_api::store::migrate(&pool, dim).await.expect("migrations apply");
+        context_api::store::migrate(&pool, dim)
+            .await
+            .expect("migrations apply");
         pool.close().await;
-        Self { name, url, admin_url }
+        Self {
+            name,
+            url,
+            admin_url,
+        }
     }
 
     pub async fn pool(&self) -> sqlx::PgPool {
@@ -72,7 +81,10 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop may run inside a runtime: do the async work on a thread of its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 if let Ok(mut conn) = PgConnection::connect(&admin_url).await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -166,7 +178,10 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         ("embedding_worker_interval_ms".into(), json!(100)),
         ("db_pool_max".into(), json!(5)),
         ("api_keys".into(), json!(keys)),
-        ("log_level".into(), json!(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))),
+        (
+            "log_level".into(),
+            json!(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into())),
+        ),
     ];
     overrides.extend(options.overrides);
     let mut app = TestApp {
@@ -253,7 +268,9 @@ impl TestApp {
 
     /// A request with the admin key.
     pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
-        self.client.request(method, self.url(path)).bearer_auth(ADMIN_KEY)
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_KEY)
     }
 
     pub fn req_as(&self, key: &str, method: Method, path: &str) -> RequestBuilder {
@@ -267,17 +284,34 @@ impl TestApp {
         if body.get("context_type").is_none() {
             body["context_type"] = json!("note");
         }
-        let resp = self.req(Method::POST, "/contexts").json(&body).send().await.unwrap();
-        assert_eq!(resp.status(), 201, "create failed: {}", resp.text().await.unwrap());
+        let resp = self
+            .req(Method::POST, "/contexts")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            201,
+            "create failed: {}",
+            resp.text().await.unwrap()
+        );
         resp.json().await.unwrap()
     }
 
     pub async fn get(&self, id: &str) -> Response {
-        self.req(Method::GET, &format!("/contexts/{id}")).send().await.unwrap()
+        self.req(Method::GET, &format!("/contexts/{id}"))
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn search(&self, body: Value) -> Response {
-        self.req(Method::POST, "/contexts/search").json(&body).send().await.unwrap()
+        self.req(Method::POST, "/contexts/search")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
@@ -302,7 +336,12 @@ impl Drop for TestApp {
 
 /// Asserts an RFC 9457 problem response with `status`; returns its body.
 pub async fn assert_problem(resp: Response, status: u16) -> Value {
-    assert_eq!(resp.status(), status, "unexpected status; body: {:?}", "see below");
+    assert_eq!(
+        resp.status(),
+        status,
+        "unexpected status; body: {:?}",
+        "see below"
+    );
     let ct = resp
         .headers()
         .get("content-type")
@@ -328,7 +367,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

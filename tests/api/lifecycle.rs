@@ -15,28 +15,50 @@ use crate::tei::TeiStub;
 #[tokio::test]
 async fn beyond_the_concurrency_cap_requests_get_503_at_once() {
     let app = spawn_app_with(Options::default().set("max_concurrent_requests", 1)).await;
-    app.create(app.alice.id, json!({"content": {"text": "warm"}})).await;
+    app.create(app.alice.id, json!({"content": {"text": "warm"}}))
+        .await;
     app.tei.set_delay(Duration::from_millis(1500));
     let slow = {
-        let req = app.req(Method::POST, "/contexts/search").json(&json!({"query": "slow query"}));
+        let req = app
+            .req(Method::POST, "/contexts/search")
+            .json(&json!({"query": "slow query"}));
         tokio::spawn(async move { req.send().await.unwrap().status() })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     let resp = app.req(Method::GET, "/contexts").send().await.unwrap();
-    assert!(started.elapsed() < Duration::from_millis(500), "refused at once, not queued");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once, not queued"
+    );
     assert_eq!(resp.headers()["retry-after"], "1");
     assert_problem(resp, 503).await;
     // Probes are not subject to the cap.
-    assert_eq!(app.client.get(app.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(slow.await.unwrap(), 200);
-    assert_eq!(app.req(Method::GET, "/contexts").send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.req(Method::GET, "/contexts")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn a_request_over_the_timeout_gets_503() {
     let app = spawn_app_with(Options::default().set("request_timeout_ms", 300)).await;
-    app.create(app.alice.id, json!({"content": {"text": "warm"}})).await;
+    app.create(app.alice.id, json!({"content": {"text": "warm"}}))
+        .await;
     app.tei.set_delay(Duration::from_millis(1500));
     let resp = app.search(json!({"query": "too slow"})).await;
     assert_problem(resp, 503).await;
@@ -44,16 +66,34 @@ async fn a_request_over_the_timeout_gets_503() {
 
 #[tokio::test]
 async fn expired_contexts_are_purged_in_batches() {
-    let app = spawn_app_with(Options::default().set("purge_interval_seconds", 1).set("purge_batch_size", 2)).await;
+    let app = spawn_app_with(
+        Options::default()
+            .set("purge_interval_seconds", 1)
+            .set("purge_batch_size", 2),
+    )
+    .await;
     let mut expired = vec![];
     for _ in 0..5 {
-        let c = app.create(app.alice.id, json!({"content": {"text": "short-lived"}, "ttl_seconds": 1})).await;
+        let c = app
+            .create(
+                app.alice.id,
+                json!({"content": {"text": "short-lived"}, "ttl_seconds": 1}),
+            )
+            .await;
         expired.push(c["id"].as_str().unwrap().to_owned());
     }
-    let kept = app.create(app.alice.id, json!({"content": {"text": "long-lived"}, "ttl_seconds": 3600})).await;
+    let kept = app
+        .create(
+            app.alice.id,
+            json!({"content": {"text": "long-lived"}, "ttl_seconds": 3600}),
+        )
+        .await;
     let pool = app.db.pool().await;
     eventually(Duration::from_secs(15), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM contexts").fetch_one(&pool).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM contexts")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         (n == 1).then_some(())
     })
     .await;
@@ -66,10 +106,13 @@ async fn expired_contexts_are_purged_in_batches() {
 #[tokio::test]
 async fn in_process_shutdown_drains_and_lets_a_slow_request_finish() {
     let mut app = spawn_app_with(Options::default().set("shutdown_delay_ms", 800)).await;
-    app.create(app.alice.id, json!({"content": {"text": "warm"}})).await;
+    app.create(app.alice.id, json!({"content": {"text": "warm"}}))
+        .await;
     app.tei.set_delay(Duration::from_millis(1500));
     let slow = {
-        let req = app.req(Method::POST, "/contexts/search").json(&json!({"query": "in flight"}));
+        let req = app
+            .req(Method::POST, "/contexts/search")
+            .json(&json!({"query": "in flight"}));
         tokio::spawn(async move { req.send().await.unwrap().status() })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -105,7 +148,11 @@ fn binary() -> Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn base_env(cmd: &mut Command, db: &TestDb, tei: &TeiStub, port: u16) {
@@ -126,12 +173,20 @@ async fn the_binary_drains_on_sigterm_finishes_the_slow_request_and_exits_0() {
     let port = free_port();
     let mut cmd = binary();
     base_env(&mut cmd, &db, &tei, port);
-    cmd.env("SHUTDOWN_DELAY_MS", "1000").stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.env("SHUTDOWN_DELAY_MS", "1000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let child = Child(cmd.spawn().expect("the binary starts"));
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     eventually(Duration::from_secs(20), || async {
-        client.get(format!("{base}/health")).send().await.ok().filter(|r| r.status() == 200).map(|_| ())
+        client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+            .map(|_| ())
     })
     .await;
     // `healthcheck` agrees.
@@ -149,14 +204,23 @@ async fn the_binary_drains_on_sigterm_finishes_the_slow_request_and_exits_0() {
     };
     tokio::time::sleep(Duration::from_millis(400)).await;
     let pid = child.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let resp = client.get(format!("{base}/ready")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "draining");
 
-    assert_eq!(slow.await.unwrap().expect("the in-flight request completes"), 200);
+    assert_eq!(
+        slow.await
+            .unwrap()
+            .expect("the in-flight request completes"),
+        200
+    );
     let mut child = child;
     let status = tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -164,7 +228,10 @@ async fn the_binary_drains_on_sigterm_finishes_the_slow_request_and_exits_0() {
             if let Some(s) = child.0.try_wait().unwrap() {
                 return s;
             }
-            assert!(std::time::Instant::now() < deadline, "the binary did not exit");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the binary did not exit"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     })
@@ -182,14 +249,20 @@ async fn the_binary_refuses_bad_configuration_with_one_clear_line() {
         base_env(&mut cmd, &db, &tei, free_port());
         configure(&mut cmd);
         let out = cmd.output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )
     };
 
     let (code, err) = run(&|c| {
         c.env_remove("DATABASE_URL");
     });
     assert_ne!(code, Some(0));
-    assert!(err.contains("DATABASE_URL") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("DATABASE_URL") && err.lines().count() == 1,
+        "{err}"
+    );
 
     let (code, err) = run(&|c| {
         c.env("EMBEDDING_DIM", "lots");
@@ -201,14 +274,20 @@ async fn the_binary_refuses_bad_configuration_with_one_clear_line() {
         c.env_remove("API_KEYS");
     });
     assert_ne!(code, Some(0));
-    assert!(err.contains("API_KEYS") && err.contains("AUTH_DISABLED"), "{err}");
+    assert!(
+        err.contains("API_KEYS") && err.contains("AUTH_DISABLED"),
+        "{err}"
+    );
 
     // The database column and EMBEDDING_DIM must agree.
     let (code, err) = run(&|c| {
         c.env("EMBEDDING_DIM", (DIM * 2).to_string());
     });
     assert_eq!(code, Some(1));
-    assert!(err.contains("EMBEDDING_DIM") && err.contains(&DIM.to_string()), "{err}");
+    assert!(
+        err.contains("EMBEDDING_DIM") && err.contains(&DIM.to_string()),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -216,7 +295,10 @@ async fn migrate_is_a_separate_idempotent_step_and_serve_refuses_an_unmigrated_d
     // A database with nothing in it.
     let db = TestDb::create(DIM).await;
     let pool = db.pool().await;
-    sqlx::query("DROP TABLE contexts, _sqlx_migrations").execute(&pool).await.unwrap();
+    sqlx::query("DROP TABLE contexts, _sqlx_migrations")
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
     let tei = TeiStub::start(DIM, 8).await;
 
@@ -230,12 +312,20 @@ async fn migrate_is_a_separate_idempotent_step_and_serve_refuses_an_unmigrated_d
         let mut migrate = binary();
         base_env(&mut migrate, &db, &tei, free_port());
         let out = migrate.arg("migrate").output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // A different dimension is refused with a message that says why.
     let mut migrate = binary();
     base_env(&mut migrate, &db, &tei, free_port());
-    let out = migrate.arg("migrate").env("EMBEDDING_DIM", "32").output().unwrap();
+    let out = migrate
+        .arg("migrate")
+        .env("EMBEDDING_DIM", "32")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("EMBEDDING_DIM"));
 }
@@ -255,8 +345,14 @@ async fn config_prints_the_effective_configuration_without_secrets() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("bind_address = \"127.0.0.1:8123\""), "{text}");
-    assert!(text.contains(&format!("embedding_dim = \"{DIM}\"")), "{text}");
-    assert!(!text.contains("hunter2") && !text.contains("s3cret"), "{text}");
+    assert!(
+        text.contains(&format!("embedding_dim = \"{DIM}\"")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hunter2") && !text.contains("s3cret"),
+        "{text}"
+    );
     let hash = context_api::auth::key_entry("admin", ADMIN_KEY);
     assert!(!text.contains(hash.split(':').nth(1).unwrap()), "{text}");
 }
@@ -267,20 +363,40 @@ async fn healthcheck_fails_when_nothing_listens() {
     let tei = TeiStub::start(DIM, 8).await;
     let mut cmd = binary();
     base_env(&mut cmd, &db, &tei, free_port());
-    assert_eq!(cmd.arg("healthcheck").output().unwrap().status.code(), Some(1));
+    assert_eq!(
+        cmd.arg("healthcheck").output().unwrap().status.code(),
+        Some(1)
+    );
 }
 
 #[tokio::test]
 async fn the_service_starts_before_tei_and_checks_it_when_it_answers() {
     let tei_down = TeiStub::start(DIM, 8).await;
     tei_down.set_down(true);
-    let app2 = spawn_app_with(Options::default().set("embedding_service_url", tei_down.url())).await;
-    let body: Value = app2.client.get(app2.url("/ready")).send().await.unwrap().json().await.unwrap();
+    let app2 =
+        spawn_app_with(Options::default().set("embedding_service_url", tei_down.url())).await;
+    let body: Value = app2
+        .client
+        .get(app2.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["status"], "ready");
     assert_ne!(body["checks"]["embeddings"]["status"], "ok");
     tei_down.set_down(false);
     eventually(Duration::from_secs(15), || async {
-        let body: Value = app2.client.get(app2.url("/ready")).send().await.ok()?.json().await.ok()?;
+        let body: Value = app2
+            .client
+            .get(app2.url("/ready"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         (body["checks"]["embeddings"]["status"] == "ok").then_some(())
     })
     .await;

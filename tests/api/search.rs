@@ -21,7 +21,11 @@ fn vectors(n: usize, seed: u64) -> Vec<Vec<f32>> {
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
@@ -42,13 +46,23 @@ async fn search_order_equals_an_exact_brute_force_ranking() {
     let vs = vectors(40, 7);
     let mut stored = vec![];
     for (i, v) in vs.iter().enumerate() {
-        let c = app.create(app.alice.id, json!({"content": {"i": i}, "embedding": v})).await;
+        let c = app
+            .create(app.alice.id, json!({"content": {"i": i}, "embedding": v}))
+            .await;
         stored.push((c["id"].as_str().unwrap().to_owned(), v.clone()));
     }
     for query in vectors(5, 99) {
-        let mut expected: Vec<(String, f64)> = stored.iter().map(|(id, v)| (id.clone(), cosine(&query, v))).collect();
+        let mut expected: Vec<(String, f64)> = stored
+            .iter()
+            .map(|(id, v)| (id.clone(), cosine(&query, v)))
+            .collect();
         expected.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
-        let body: Value = app.search(json!({"vector": query, "k": 10})).await.json().await.unwrap();
+        let body: Value = app
+            .search(json!({"vector": query, "k": 10}))
+            .await
+            .json()
+            .await
+            .unwrap();
         let got = ids(&body);
         let want: Vec<String> = expected.iter().take(10).map(|(id, _)| id.clone()).collect();
         assert_eq!(got, want);
@@ -62,13 +76,34 @@ async fn search_order_equals_an_exact_brute_force_ranking() {
 #[tokio::test]
 async fn text_search_finds_the_closest_text_first() {
     let app = spawn_app().await;
-    for text in ["the cat sat on the mat", "stock markets fell sharply", "a recipe for lemon cake"] {
-        app.create(app.alice.id, json!({"content": {"text": text}})).await;
+    for text in [
+        "the cat sat on the mat",
+        "stock markets fell sharply",
+        "a recipe for lemon cake",
+    ] {
+        app.create(app.alice.id, json!({"content": {"text": text}}))
+            .await;
     }
-    let body: Value = app.search(json!({"query": "lemon cake recipe", "k": 3})).await.json().await.unwrap();
-    assert_eq!(body["results"][0]["context"]["content"]["text"], "a recipe for lemon cake");
-    let scores: Vec<f64> = body["results"].as_array().unwrap().iter().map(|r| r["score"].as_f64().unwrap()).collect();
-    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "descending: {scores:?}");
+    let body: Value = app
+        .search(json!({"query": "lemon cake recipe", "k": 3}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["results"][0]["context"]["content"]["text"],
+        "a recipe for lemon cake"
+    );
+    let scores: Vec<f64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "descending: {scores:?}"
+    );
 }
 
 #[tokio::test]
@@ -84,12 +119,30 @@ async fn filters_k_and_min_score_apply() {
         .await;
     app.create(app.alice.id, json!({"context_type": "note", "content": {}, "metadata": {"topic": "y"}, "embedding": near}))
         .await;
-    app.create(app.bob.id, json!({"context_type": "fact", "content": {}, "embedding": near})).await;
-    app.create(app.alice.id, json!({"context_type": "fact", "content": {}, "embedding": far})).await;
+    app.create(
+        app.bob.id,
+        json!({"context_type": "fact", "content": {}, "embedding": near}),
+    )
+    .await;
+    app.create(
+        app.alice.id,
+        json!({"context_type": "fact", "content": {}, "embedding": far}),
+    )
+    .await;
 
-    let body: Value = app.search(json!({"vector": q, "k": 100})).await.json().await.unwrap();
+    let body: Value = app
+        .search(json!({"vector": q, "k": 100}))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(&body).len(), 4);
-    let body: Value = app.search(json!({"vector": q, "k": 2})).await.json().await.unwrap();
+    let body: Value = app
+        .search(json!({"vector": q, "k": 2}))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(&body).len(), 2);
     let body: Value = app
         .search(json!({"vector": q, "user_id": app.alice.id, "context_type": "fact", "metadata": {"topic": "x"}}))
@@ -98,19 +151,40 @@ async fn filters_k_and_min_score_apply() {
         .await
         .unwrap();
     assert_eq!(ids(&body), vec![a["id"].as_str().unwrap().to_owned()]);
-    let body: Value = app.search(json!({"vector": q, "min_score": 0.5})).await.json().await.unwrap();
+    let body: Value = app
+        .search(json!({"vector": q, "min_score": 0.5}))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(&body).len(), 3, "the far one is below min_score");
-    assert!(body["results"].as_array().unwrap().iter().all(|r| r["score"].as_f64().unwrap() >= 0.5));
+    assert!(body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["score"].as_f64().unwrap() >= 0.5));
 }
 
 #[tokio::test]
 async fn deleted_and_expired_contexts_are_never_found() {
     let app = spawn_app().await;
     let v = vec![0.5f32; DIM];
-    let gone = app.create(app.alice.id, json!({"content": {}, "embedding": v})).await;
-    let expired = app.create(app.alice.id, json!({"content": {}, "embedding": v})).await;
-    let kept = app.create(app.alice.id, json!({"content": {}, "embedding": v})).await;
-    app.req(Method::DELETE, &format!("/contexts/{}", gone["id"].as_str().unwrap())).send().await.unwrap();
+    let gone = app
+        .create(app.alice.id, json!({"content": {}, "embedding": v}))
+        .await;
+    let expired = app
+        .create(app.alice.id, json!({"content": {}, "embedding": v}))
+        .await;
+    let kept = app
+        .create(app.alice.id, json!({"content": {}, "embedding": v}))
+        .await;
+    app.req(
+        Method::DELETE,
+        &format!("/contexts/{}", gone["id"].as_str().unwrap()),
+    )
+    .send()
+    .await
+    .unwrap();
     let pool = app.db.pool().await;
     sqlx::query("UPDATE contexts SET expires_at = now() - interval '1 second' WHERE id = $1::uuid")
         .bind(expired["id"].as_str().unwrap())
@@ -123,35 +197,58 @@ async fn deleted_and_expired_contexts_are_never_found() {
 
 #[tokio::test]
 async fn a_filtered_search_keeps_its_recall_past_ef_search() {
-    // 300 of bob's rows sit right next to the query, alice's 5 far away: an
-    // HNSW scan without iterative scans stops after ef_search candidates, all
-    // bob's, and would return nothing for alice.
+    // 1000 of bob's rows lie around the query, alice's 5 elsewhere. An HNSW
+    // scan without pgvector 0.8's iterative scans stops after ef_search
+    // candidates, all bob's, and returns nothing for alice.
     let app = spawn_app().await;
     let pool = app.db.pool().await;
-    let q = vec![1.0f32; DIM];
     sqlx::query(
         "INSERT INTO contexts (id, user_id, context_type, content, embedding, embedding_text, embedding_status)
-         SELECT gen_random_uuid(), $1, 'bulk', '{}', (SELECT array_agg(1 + (g % 7) * 0.001)::real[]::vector
-                FROM generate_series(1, $2) g2), 'bulk', 'ready'
-         FROM generate_series(1, 300) g",
+         SELECT gen_random_uuid(), $1, 'bulk', '{}',
+                (SELECT array_agg(random())::real[]::vector FROM generate_series(1, $2) d WHERE d > g * 0),
+                'bulk', 'ready'
+         FROM generate_series(1, 1000) g",
     )
     .bind(app.bob.id)
     .bind(DIM as i32)
     .execute(&pool)
     .await
     .unwrap();
-    let mut far = vec![-1.0f32; DIM];
-    far[1] = 1.0;
-    for _ in 0..5 {
-        app.create(app.alice.id, json!({"content": {}, "embedding": far})).await;
+    for v in vectors(5, 3) {
+        app.create(app.alice.id, json!({"content": {}, "embedding": v}))
+            .await;
     }
-    sqlx::query("ANALYZE contexts").execute(&pool).await.unwrap();
-    let body: Value = app
-        .search(json!({"vector": q, "user_id": app.alice.id, "k": 5}))
-        .await
-        .json()
+    // Make the planner order by the HNSW index (with a selective filter it
+    // would otherwise sort the few matching rows exactly, which proves nothing),
+    // and make the app's connections pick that up.
+    let admin = sqlx::PgPool::connect(&crate::helpers::database_admin_url())
         .await
         .unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE {} SET enable_sort = off",
+        app.db.name
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE contexts")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&app.db.name)
+        .execute(&admin)
+        .await
+        .unwrap();
+    let q = vec![1.0f32; DIM];
+    let resp = crate::helpers::eventually(std::time::Duration::from_secs(5), || async {
+        let r = app
+            .search(json!({"vector": q, "user_id": app.alice.id, "k": 5}))
+            .await;
+        (r.status() == 200).then_some(r)
+    })
+    .await;
+    let body: Value = resp.json().await.unwrap();
     assert_eq!(ids(&body).len(), 5, "{body}");
 }
 
@@ -173,6 +270,12 @@ async fn search_input_is_validated() {
     for body in bad {
         assert_problem(app.search(body.clone()).await, 422).await;
     }
-    let resp = app.req(Method::POST, "/contexts/search").body("{").header("content-type", "application/json").send().await.unwrap();
+    let resp = app
+        .req(Method::POST, "/contexts/search")
+        .body("{")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_problem(resp, 400).await;
 }

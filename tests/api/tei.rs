@@ -60,7 +60,9 @@ struct EmbedRequest {
 
 impl TeiStub {
     pub async fn start(dim: usize, max_batch: usize) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind stub");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind stub");
         let addr = listener.local_addr().unwrap();
         let stub = TeiStub {
             addr,
@@ -88,7 +90,9 @@ impl TeiStub {
     }
 
     pub fn set_delay(&self, d: Duration) {
-        self.switches.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+        self.switches
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn set_dim(&self, dim: usize) {
@@ -112,7 +116,11 @@ impl TeiStub {
 }
 
 fn unavailable() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "model is loading", "error_type": "Unhealthy"}))).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "model is loading", "error_type": "Unhealthy"})),
+    )
+        .into_response()
 }
 
 async fn info(State(s): State<TeiStub>) -> Response {
@@ -161,9 +169,15 @@ async fn embed(State(s): State<TeiStub>, Json(req): Json<EmbedRequest>) -> Respo
         )
             .into_response();
     }
-    s.switches.max_batch_seen.fetch_max(inputs.len(), Ordering::SeqCst);
+    s.switches
+        .max_batch_seen
+        .fetch_max(inputs.len(), Ordering::SeqCst);
     s.switches.embed_calls.fetch_add(1, Ordering::SeqCst);
-    s.switches.inputs.lock().unwrap().extend(inputs.iter().cloned());
+    s.switches
+        .inputs
+        .lock()
+        .unwrap()
+        .extend(inputs.iter().cloned());
     let dim = s.dim();
     Json(inputs.iter().map(|t| vector(t, dim)).collect::<Vec<_>>()).into_response()
 }
@@ -171,7 +185,10 @@ async fn embed(State(s): State<TeiStub>, Json(req): Json<EmbedRequest>) -> Respo
 /// The stub's embedding of `text`: tests use it to compute expected rankings.
 pub fn vector(text: &str, dim: usize) -> Vec<f32> {
     let mut v = vec![0f32; dim];
-    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
         let h = Sha256::digest(word.to_lowercase().as_bytes());
         let a = u64::from_le_bytes(h[0..8].try_into().unwrap()) as usize % dim;
         let b = u64::from_le_bytes(h[8..16].try_into().unwrap()) as usize % dim;
