@@ -234,7 +234,6 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 dynamic_shared_memory_type = $dsm
-log_min_messages = warning
 log_line_prefix = '%m [%p] %d '
 EOF
     chown "$PG_USER:" "$PG_DATA/context-api-test.conf"
@@ -277,7 +276,7 @@ start_pg() {
         log "starting postgres on 127.0.0.1:$PG_PORT"
         # 9>&-: the daemon must not inherit the lock descriptor (see with_lock).
         if ! as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -w -t 60 >/dev/null 2>&1 9>&-; then
-            tail -n 15 "$PG_LOG" >&2 || true
+            tail -n 8 "$PG_LOG" >&2 || true
             die "postgres failed to start on 127.0.0.1:$PG_PORT (log: $PG_LOG)"
         fi
     fi
@@ -321,6 +320,7 @@ redis_ping() {
         [[ "$(timeout 3 redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" == "PONG" ]]
     else
         # Plain RESP over bash's /dev/tcp when redis-cli is missing.
+        # shellcheck disable=SC2016 # $1 is expanded by the inner bash
         timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && printf "PING\r\n" >&3 &&
             IFS= read -r line <&3 && [[ "$line" == "+PONG"$'"'"'\r'"'"' ]]' _ "$port" 2>/dev/null
     fi
@@ -351,8 +351,7 @@ start_redis() {
     mkdir -p "$REDIS_DIR"
     local pid
     if pid="$(redis_pid)"; then
-        local i
-        for i in $(seq 1 50); do
+        for _ in $(seq 1 50); do
             if redis_ping "$REDIS_PORT"; then
                 log "redis already running on 127.0.0.1:$REDIS_PORT (pid $pid)"
                 return 0
@@ -369,8 +368,7 @@ start_redis() {
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
         --daemonize yes --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" --dir "$REDIS_DIR" \
         >/dev/null 2>&1 9>&- || { tail -n 10 "$REDIS_LOG" >&2 2>/dev/null || true; die "redis-server failed to start (log: $REDIS_LOG)"; }
-    local i
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         if redis_ping "$REDIS_PORT"; then
             log "redis $(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-) ready"
             return 0
@@ -382,7 +380,7 @@ start_redis() {
 }
 
 stop_redis() {
-    local pid i
+    local pid
     if ! pid="$(redis_pid)"; then
         rm -f "$REDIS_PID" 2>/dev/null || true
         log "redis not running"
@@ -390,7 +388,7 @@ stop_redis() {
     fi
     log "stopping redis (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || { rm -f "$REDIS_PID"; return 0; }
         sleep 0.1
     done
