@@ -95,12 +95,16 @@ impl Cache {
         self.inner.is_some()
     }
 
-    pub async fn health(&self) -> CacheHealth {
+    /// PING within `timeout` (longer than the per-request bound: a probe
+    /// should not flap on one slow answer).
+    pub async fn health(&self, timeout: Duration) -> CacheHealth {
         let Some(inner) = &self.inner else {
             return CacheHealth::Disabled;
         };
         let ping = inner
-            .run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .run_within(timeout, |mut c| async move {
+                redis::cmd("PING").query_async::<String>(&mut c).await
+            })
             .await;
         match ping {
             Ok(_) => CacheHealth::Ok,
@@ -244,8 +248,16 @@ impl Inner {
         Ok(conn.clone())
     }
 
-    /// Runs one operation within the cache's timeout.
+    /// Runs one operation within the cache's timeout (connecting counts too).
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        self.run_within(self.op_timeout * 2, op).await
+    }
+
+    async fn run_within<T, F, Fut>(&self, timeout: Duration, op: F) -> Result<T, CacheError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -254,9 +266,9 @@ impl Inner {
             let conn = self.connection().await?;
             Ok::<T, CacheError>(op(conn).await?)
         };
-        match tokio::time::timeout(self.op_timeout * 2, work).await {
+        match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(CacheError::Timeout(self.op_timeout * 2)),
+            Err(_) => Err(CacheError::Timeout(timeout)),
         }
     }
 

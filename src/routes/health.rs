@@ -33,7 +33,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
     let contexts = &state.contexts;
     let (db, cache) = tokio::join!(
         tokio::time::timeout(CHECK_TIMEOUT, contexts.store.ping()),
-        contexts.cache.health()
+        contexts.cache.health(CHECK_TIMEOUT)
     );
     let db_ok = matches!(db, Ok(Ok(())));
     let mut checks = BTreeMap::new();
