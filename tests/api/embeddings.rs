@@ -182,3 +182,40 @@ async fn a_tei_of_the_wrong_dimension_is_reported_and_nothing_of_that_size_is_st
     app.tei.set_dim(0);
     wait_ready(&app, c["id"].as_str().unwrap()).await;
 }
+
+#[tokio::test]
+async fn a_429_from_tei_is_retried_with_backoff() {
+    let app = spawn_app().await;
+    // Let the startup probe finish first, so the failures hit the write's call.
+    eventually(Duration::from_secs(10), || async {
+        let body: Value = app
+            .client
+            .get(app.url("/ready"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (body["checks"]["embeddings"]["status"] == "ok").then_some(())
+    })
+    .await;
+    app.tei
+        .switches
+        .fail_next
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let c = app
+        .create(app.alice.id, json!({"content": {"text": "retried once"}}))
+        .await;
+    assert_eq!(
+        c["embedding_status"], "ready",
+        "the retry got the vector inline"
+    );
+    assert_eq!(
+        app.tei
+            .switches
+            .fail_next
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}

@@ -26,6 +26,8 @@ pub const MODEL_ID: &str = "stub/bag-of-words";
 pub struct Switches {
     /// Answer 503 to everything.
     pub down: AtomicBool,
+    /// Answer this many /embed calls with 429 (overloaded) before serving again.
+    pub fail_next: AtomicUsize,
     /// Sleep this long before answering /embed.
     pub delay_ms: AtomicU64,
     /// Override the output dimension (0: the configured one).
@@ -156,6 +158,18 @@ async fn embed(State(s): State<TeiStub>, Json(req): Json<EmbedRequest>) -> Respo
     }
     if s.switches.down.load(Ordering::SeqCst) {
         return unavailable();
+    }
+    let overloaded = s
+        .switches
+        .fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if overloaded {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"error": "overloaded", "error_type": "Overloaded"})),
+        )
+            .into_response();
     }
     let inputs = match req.inputs {
         Inputs::One(t) => vec![t],
