@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1.7
-#
 # context-api container image.
 #
 #   docker build -t context-api .                 # runtime image (default target)
@@ -16,9 +14,11 @@ WORKDIR /app
 # The queries are built at runtime (no sqlx `query!` macros), so there is no
 # `.sqlx/` directory to commit; SQLX_OFFLINE=true still guarantees that the
 # build never tries to reach a database if a macro is added later.
+# Stripped release binaries: the image ships no debug symbols.
 ENV SQLX_OFFLINE=true \
     CARGO_TERM_COLOR=never \
-    CARGO_INCREMENTAL=0
+    CARGO_INCREMENTAL=0 \
+    CARGO_PROFILE_RELEASE_STRIP=symbols
 
 # ------------------------------------------------------------- dependencies --
 # Build every dependency against placeholder sources, so that this layer is
@@ -58,7 +58,9 @@ CMD ["cargo", "watch", "--why", "-w", "src", "-w", "migrations", "-w", "Cargo.to
      "-x", "run --no-default-features -- serve"]
 
 # ------------------------------------------------------------------ runtime --
-FROM debian:bookworm-slim AS runtime
+# distroless/cc: glibc, libgcc, CA certificates, tzdata and /etc/passwd, and
+# no shell or package manager. The healthcheck is the binary itself.
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="context-api" \
@@ -66,23 +68,13 @@ LABEL org.opencontainers.image.title="context-api" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
-
-# CA certificates for TLS to managed Postgres/Redis/TEI; nothing else
-# (the healthcheck is the binary itself, so no curl).
-# DL3008 (pin apt versions): ca-certificates is left unpinned on purpose, the
-# trust roots must be the current ones whenever the image is rebuilt.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/* /var/log/apt /var/log/dpkg.log \
-    && groupadd --system --gid 10001 app \
-    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin app
+      org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
 
 COPY --from=builder /out/context-api /usr/local/bin/context-api
 
-USER 10001:10001
+# 65532 is distroless's `nonroot` user; numeric so that runtimes can verify
+# runAsNonRoot without reading /etc/passwd.
+USER 65532:65532
 ENV BIND_ADDRESS=0.0.0.0:8000 \
     LOG_FORMAT=json
 EXPOSE 8000
