@@ -112,6 +112,15 @@ EOF
     done
     ok "each missing required secret stops compose with its name"
 
+    # .env.example lists every variable the compose files read.
+    local used listed missing
+    used="$( { grep -ohE '\$\{[A-Z_][A-Z0-9_]*' docker-compose*.yml | cut -c3-; \
+               grep -ohE '^ +environment: [A-Z_][A-Z0-9_]*$' docker-compose*.yml | awk '{print $2}'; } | sort -u)"
+    listed="$(grep -oE '^[A-Z_][A-Z0-9_]*=' .env.example | tr -d = | sort -u)"
+    missing="$(comm -23 <(printf '%s\n' "$used") <(printf '%s\n' "$listed"))"
+    [[ -z "$missing" ]] || die ".env.example does not list: $(echo $missing)"
+    ok ".env.example lists all $(wc -l <<<"$used") variables the compose files use"
+
     python3 scripts/lib/compose_assert.py "$WORK/base.json" "$WORK/dev.json" "$WORK/prod.json" "$env" \
         || die "assertions on the merged compose models failed"
 }
