@@ -41,6 +41,23 @@ apt_ensure() {
     fi
 }
 
+# apt_ensure_pkgs PACKAGE...: install the packages dpkg does not list as installed
+# (for packages without a command on PATH).
+apt_ensure_pkgs() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    done
+    ((${#missing[@]})) || return 0
+    [[ "$(id -u)" -eq 0 ]] || tools_die "need root to apt-get install ${missing[*]}"
+    tools_log "apt-get install ${missing[*]}"
+    if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+        apt-get update -q >/dev/null 2>&1 || tools_die "apt-get update failed"
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+            || tools_die "apt-get install ${missing[*]} failed"
+    fi
+}
+
 ensure_pip() {
     python3 -m pip --version >/dev/null 2>&1 && return 0
     apt_ensure python3 python3
@@ -103,6 +120,7 @@ ensure_hadolint() {
 ensure_static_tools() {
     apt_ensure curl curl jq jq caddy caddy promtool prometheus python3 python3
     command -v prometheus >/dev/null || tools_die "prometheus is not on PATH after installing it"
+    apt_ensure_pkgs python3-yaml
     ensure_compose
     ensure_hadolint
 }
@@ -110,8 +128,10 @@ ensure_static_tools() {
 ensure_container_tools() {
     apt_ensure podman podman buildah buildah runc runc debootstrap debootstrap \
         curl curl jq jq python3 python3
-    # Debian's caddy and prometheus packages start their own daemons through
-    # systemd; on machines without systemd nothing runs, which is what we want.
+    # netavark + aardvark-dns: container networks with name resolution
+    # (podman's CNI backend has no DNS without an extra plugin); iptables for
+    # published ports; python3-yaml for the checks' config handling.
+    apt_ensure_pkgs netavark aardvark-dns iptables python3-yaml
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
