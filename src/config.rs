@@ -80,6 +80,9 @@ struct Raw {
     embedding_cache_ttl_seconds: u64,
     cache_key_prefix: String,
     embedding_service_url: Option<String>,
+    embedding_provider: Option<String>,
+    embedding_model_dir: Option<PathBuf>,
+    embedding_queue_size: usize,
     embedding_dim: u32,
     embedding_timeout_ms: u64,
     embedding_max_retries: u32,
@@ -117,6 +120,9 @@ impl Default for Raw {
             embedding_cache_ttl_seconds: 86_400,
             cache_key_prefix: "context-api:".into(),
             embedding_service_url: None,
+            embedding_provider: None,
+            embedding_model_dir: None,
+            embedding_queue_size: 256,
             embedding_dim: 768,
             embedding_timeout_ms: 5_000,
             embedding_max_retries: 2,
@@ -155,6 +161,9 @@ const KEYS: &[&str] = &[
     "embedding_cache_ttl_seconds",
     "cache_key_prefix",
     "embedding_service_url",
+    "embedding_provider",
+    "embedding_model_dir",
+    "embedding_queue_size",
     "embedding_dim",
     "embedding_timeout_ms",
     "embedding_max_retries",
@@ -215,11 +224,22 @@ pub struct RedisSettings {
 
 #[derive(Debug, Clone)]
 pub struct EmbeddingSettings {
-    pub url: reqwest::Url,
+    pub provider: EmbeddingProvider,
     pub dim: usize,
     pub timeout: Duration,
     pub max_retries: u32,
     pub batch_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum EmbeddingProvider {
+    /// A text-embeddings-inference server.
+    Tei { url: reqwest::Url },
+    /// A sentence-transformers model run in process (feature `local-embeddings`).
+    Local {
+        model_dir: PathBuf,
+        queue_size: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -326,20 +346,12 @@ impl Settings {
             }
         }
 
-        let embedding_url = raw.embedding_service_url.ok_or_else(|| {
-            err(
-                "EMBEDDING_SERVICE_URL",
-                "is required (the TEI server, e.g. http://embeddings:80)",
-            )
-        })?;
-        let embedding_url = reqwest::Url::parse(&embedding_url)
-            .map_err(|e| err("EMBEDDING_SERVICE_URL", format!("not a URL: {e}")))?;
-        if !matches!(embedding_url.scheme(), "http" | "https") {
-            return Err(err(
-                "EMBEDDING_SERVICE_URL",
-                "must be an http:// or https:// URL",
-            ));
-        }
+        let provider = embedding_provider(
+            raw.embedding_provider.as_deref(),
+            raw.embedding_service_url,
+            raw.embedding_model_dir,
+            raw.embedding_queue_size,
+        )?;
         if !(1..=16_000).contains(&raw.embedding_dim) {
             return Err(err(
                 "EMBEDDING_DIM",
@@ -415,7 +427,7 @@ impl Settings {
                 key_prefix: raw.cache_key_prefix,
             },
             embeddings: EmbeddingSettings {
-                url: embedding_url,
+                provider,
                 dim: raw.embedding_dim as usize,
                 timeout: Duration::from_millis(raw.embedding_timeout_ms),
                 max_retries: raw.embedding_max_retries,
@@ -443,6 +455,19 @@ impl Settings {
 
     /// The effective configuration as TOML, secrets redacted (`context-api config`).
     pub fn redacted(&self) -> String {
+        let unset = || "(unset)".to_string();
+        let (provider_name, service_url, model_dir, queue_size) = match &self.embeddings.provider {
+            EmbeddingProvider::Tei { url } => ("tei", redact_url(url.as_str()), unset(), unset()),
+            EmbeddingProvider::Local {
+                model_dir,
+                queue_size,
+            } => (
+                "local",
+                unset(),
+                model_dir.display().to_string(),
+                queue_size.to_string(),
+            ),
+        };
         let redis = self.redis.url.as_ref().map(|u| redact_url(u.expose()));
         let auth = match &self.auth.keys {
             None => "disabled".to_string(),
@@ -476,7 +501,10 @@ impl Settings {
                 self.redis.embedding_ttl.as_secs().to_string(),
             ),
             ("cache_key_prefix", self.redis.key_prefix.clone()),
-            ("embedding_service_url", self.embeddings.url.to_string()),
+            ("embedding_provider", provider_name.into()),
+            ("embedding_service_url", service_url),
+            ("embedding_model_dir", model_dir),
+            ("embedding_queue_size", queue_size),
             ("embedding_dim", self.embeddings.dim.to_string()),
             (
                 "embedding_timeout_ms",
@@ -531,6 +559,77 @@ impl Settings {
             .map(|(k, v)| format!("{k} = {}\n", toml_string(v)))
             .collect()
     }
+}
+
+/// EMBEDDING_PROVIDER, or what the other settings imply: `tei` when
+/// EMBEDDING_SERVICE_URL is set, else `local` when EMBEDDING_MODEL_DIR is.
+fn embedding_provider(
+    explicit: Option<&str>,
+    url: Option<String>,
+    model_dir: Option<PathBuf>,
+    queue_size: usize,
+) -> Result<EmbeddingProvider, ConfigError> {
+    let choice = match explicit.map(str::to_ascii_lowercase).as_deref() {
+        Some("tei") => "tei",
+        Some("local") => "local",
+        Some(other) => return Err(err("EMBEDDING_PROVIDER", format!("must be tei or local, got {other:?}"))),
+        None if url.is_some() => "tei",
+        None if model_dir.is_some() => "local",
+        None => {
+            return Err(err(
+                "EMBEDDING_SERVICE_URL",
+                "no embedding provider: set EMBEDDING_SERVICE_URL (a TEI server, e.g. http://embeddings:80) \
+                 or EMBEDDING_MODEL_DIR (a sentence-transformers model run in process)",
+            ))
+        }
+    };
+    if choice == "tei" {
+        let url = url.ok_or_else(|| {
+            err(
+                "EMBEDDING_SERVICE_URL",
+                "is required with EMBEDDING_PROVIDER=tei",
+            )
+        })?;
+        let mut url = reqwest::Url::parse(&url)
+            .map_err(|e| err("EMBEDDING_SERVICE_URL", format!("not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(err(
+                "EMBEDDING_SERVICE_URL",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        // So that joining "embed" keeps a path prefix (TEI behind a proxy).
+        if !url.path().ends_with('/') {
+            url.set_path(&format!("{}/", url.path()));
+        }
+        return Ok(EmbeddingProvider::Tei { url });
+    }
+    if !cfg!(feature = "local-embeddings") {
+        return Err(err(
+            "EMBEDDING_PROVIDER",
+            "local embeddings are not in this build (built without the local-embeddings feature): use a TEI server",
+        ));
+    }
+    let model_dir = model_dir.ok_or_else(|| {
+        err(
+            "EMBEDDING_MODEL_DIR",
+            "is required with EMBEDDING_PROVIDER=local",
+        )
+    })?;
+    if !model_dir.join("config.json").is_file() {
+        return Err(err(
+            "EMBEDDING_MODEL_DIR",
+            format!(
+                "{} has no config.json (expected a sentence-transformers model directory)",
+                model_dir.display()
+            ),
+        ));
+    }
+    positive("EMBEDDING_QUEUE_SIZE", queue_size as u64)?;
+    Ok(EmbeddingProvider::Local {
+        model_dir,
+        queue_size,
+    })
 }
 
 fn toml_string(v: &str) -> String {

@@ -36,8 +36,8 @@ pub enum StartupError {
     Migrate(#[from] store::MigrateError),
     #[error("invalid REDIS_URL: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("cannot build the HTTP client for EMBEDDING_SERVICE_URL: {0}")]
-    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Embeddings(#[from] crate::embeddings::BuildError),
     #[error("cannot listen on {addr} (BIND_ADDRESS): {source}")]
     Bind {
         addr: SocketAddr,
@@ -75,7 +75,7 @@ impl App {
             Some(_) => {}
         }
         let cache = Cache::new(&settings.redis)?;
-        let embedder = Embedder::new(&settings.embeddings)?;
+        let embedder = Embedder::build(&settings.embeddings).await?;
         let listener = TcpListener::bind(settings.bind_address)
             .await
             .map_err(|source| StartupError::Bind {

@@ -1,8 +1,12 @@
 //! Embeddings. [`Embedder`] checks what a provider returns (dimension, count)
 //! before anything is stored; the provider itself is the TEI HTTP client.
 
+#[cfg(feature = "local-embeddings")]
+mod local;
 mod tei;
 
+#[cfg(feature = "local-embeddings")]
+pub use local::{LoadError, LocalModel};
 pub use tei::TeiClient;
 
 use std::sync::Arc;
@@ -11,7 +15,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
-use crate::config::EmbeddingSettings;
+use crate::config::{EmbeddingProvider, EmbeddingSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
@@ -48,10 +52,61 @@ struct Info {
     max_batch: usize,
 }
 
+/// Where vectors come from.
+#[derive(Clone)]
+enum Provider {
+    Tei(TeiClient),
+    #[cfg(feature = "local-embeddings")]
+    Local(LocalModel),
+}
+
+struct ProviderInfo {
+    model_id: String,
+    max_client_batch_size: Option<usize>,
+}
+
+impl Provider {
+    async fn info(&self) -> Result<ProviderInfo, EmbedError> {
+        match self {
+            Provider::Tei(c) => c.info().await.map(|i| ProviderInfo {
+                model_id: i.model_id,
+                max_client_batch_size: i.max_client_batch_size,
+            }),
+            #[cfg(feature = "local-embeddings")]
+            Provider::Local(m) => Ok(ProviderInfo {
+                model_id: m.model_id.clone(),
+                max_client_batch_size: Some(m.max_batch),
+            }),
+        }
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        match self {
+            Provider::Tei(c) => c.embed(texts).await,
+            #[cfg(feature = "local-embeddings")]
+            Provider::Local(m) => m.embed(texts).await,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot build the HTTP client for EMBEDDING_SERVICE_URL: {0}")]
+    Http(#[from] reqwest::Error),
+    #[cfg(feature = "local-embeddings")]
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(
+        "the model in EMBEDDING_MODEL_DIR makes {model}-dimensional vectors but EMBEDDING_DIM is {configured}: \
+         set EMBEDDING_DIM={model} (and migrate a database for it)"
+    )]
+    Dimension { model: usize, configured: usize },
+}
+
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct Embedder {
-    client: TeiClient,
+    client: Provider,
     dim: usize,
     batch_size: usize,
     info: Arc<Mutex<Option<Info>>>,
@@ -64,9 +119,36 @@ pub struct Embedder {
 const COOLDOWN: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Embedder {
-    pub fn new(settings: &EmbeddingSettings) -> Result<Self, reqwest::Error> {
+    /// For a local model this loads it (on a blocking thread) and checks its
+    /// dimension at once; a TEI server is checked when it first answers.
+    pub async fn build(settings: &EmbeddingSettings) -> Result<Self, BuildError> {
+        let client = match &settings.provider {
+            EmbeddingProvider::Tei { url } => Provider::Tei(TeiClient::new(url.clone(), settings)?),
+            #[cfg(feature = "local-embeddings")]
+            EmbeddingProvider::Local {
+                model_dir,
+                queue_size,
+            } => {
+                let (dir, queue, batch) = (model_dir.clone(), *queue_size, settings.batch_size);
+                let model =
+                    tokio::task::spawn_blocking(move || LocalModel::load(&dir, queue, batch))
+                        .await
+                        .expect("model loading does not panic")?;
+                if model.dim != settings.dim {
+                    return Err(BuildError::Dimension {
+                        model: model.dim,
+                        configured: settings.dim,
+                    });
+                }
+                Provider::Local(model)
+            }
+            #[cfg(not(feature = "local-embeddings"))]
+            EmbeddingProvider::Local { .. } => {
+                unreachable!("config refuses local without the feature")
+            }
+        };
         Ok(Self {
-            client: TeiClient::new(settings)?,
+            client,
             dim: settings.dim,
             batch_size: settings.batch_size,
             info: Arc::new(Mutex::new(None)),

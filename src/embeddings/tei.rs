@@ -31,7 +31,7 @@ struct EmbedRequest<'a> {
 }
 
 impl TeiClient {
-    pub fn new(settings: &EmbeddingSettings) -> Result<Self, reqwest::Error> {
+    pub fn new(base: Url, settings: &EmbeddingSettings) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(2)))
@@ -40,7 +40,7 @@ impl TeiClient {
             .build()?;
         Ok(Self {
             http,
-            base: settings.url.clone(),
+            base,
             max_retries: settings.max_retries,
         })
     }

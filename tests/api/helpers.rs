@@ -30,6 +30,16 @@ pub fn database_admin_url() -> String {
     })
 }
 
+/// all-MiniLM-L6-v2 in sentence-transformers layout (scripts/model.sh).
+pub fn model_dir() -> String {
+    std::env::var("TEST_MODEL_DIR").unwrap_or_else(|_| {
+        panic!(
+            "TEST_MODEL_DIR is not set: the local-embedding tests need all-MiniLM-L6-v2. \
+             Run them with ./scripts/test.sh, which fetches it with scripts/model.sh."
+        )
+    })
+}
+
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| {
         panic!(
@@ -126,6 +136,8 @@ pub struct TestApp {
 pub struct Options {
     pub overrides: Vec<(String, Value)>,
     pub tei_max_batch: usize,
+    /// The database's vector dimension (and EMBEDDING_DIM).
+    pub dim: usize,
 }
 
 impl Default for Options {
@@ -133,6 +145,7 @@ impl Default for Options {
         Self {
             overrides: vec![],
             tei_max_batch: 8,
+            dim: DIM,
         }
     }
 }
@@ -149,8 +162,8 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
-    let db = std::sync::Arc::new(TestDb::create(DIM).await);
-    let tei = TeiStub::start(DIM, options.tei_max_batch).await;
+    let db = std::sync::Arc::new(TestDb::create(options.dim).await);
+    let tei = TeiStub::start(options.dim, options.tei_max_batch).await;
     let alice = User {
         id: Uuid::now_v7(),
         key: format!("alice-{}", Uuid::new_v4()),
@@ -172,7 +185,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         ("redis_url".into(), json!(redis_url())),
         ("cache_key_prefix".into(), json!(prefix)),
         ("embedding_service_url".into(), json!(tei.url())),
-        ("embedding_dim".into(), json!(DIM)),
+        ("embedding_dim".into(), json!(options.dim)),
         ("embedding_timeout_ms".into(), json!(2000)),
         ("embedding_max_retries".into(), json!(1)),
         ("embedding_worker_interval_ms".into(), json!(100)),

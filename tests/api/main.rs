@@ -10,4 +10,6 @@ mod contexts;
 mod embeddings;
 mod health;
 mod lifecycle;
+#[cfg(feature = "local-embeddings")]
+mod local;
 mod search;

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Peak memory of the service with the local model loaded, under a little load.
+#
+#   bench/memory.sh            (release build; starts Postgres/Redis if needed)
+#
+# Starts `context-api serve` with EMBEDDING_PROVIDER=local on a scratch
+# database, creates 200 contexts and runs 200 text searches (8 at a time), then
+# reads VmHWM (peak resident set) and VmRSS from /proc. For comparison it does
+# the same with the TEI provider against scripts/tei-stub.py (no model in process).
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+cd "$REPO"
+PORT="${PORT:-18800}"
+scripts/services.sh start >/dev/null
+eval "$(scripts/services.sh env)"
+MODEL="$(scripts/model.sh)"
+cargo build --release --quiet --bin context-api
+psql=.services/pg/install/bin/psql
+KEY=bench-key
+
+run() { # provider
+    local provider=$1 db="bench_mem_$1" pid stub=""
+    "$psql" "$TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+    export DATABASE_URL="${TEST_DATABASE_URL%/postgres}/$db" REDIS_URL="$TEST_REDIS_URL" \
+        API_KEYS="admin:$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)" BIND_ADDRESS="127.0.0.1:$PORT" \
+        EMBEDDING_DIM=384 CACHE_KEY_PREFIX="bench-mem-$provider:" LOG_LEVEL=warn
+    if [[ $provider == local ]]; then
+        export EMBEDDING_PROVIDER=local EMBEDDING_MODEL_DIR="$MODEL"; unset EMBEDDING_SERVICE_URL
+    else
+        python3 scripts/tei-stub.py --port $((PORT + 1)) --dim 384 >/dev/null 2>&1 & stub=$!
+        export EMBEDDING_PROVIDER=tei EMBEDDING_SERVICE_URL="http://127.0.0.1:$((PORT + 1))"
+    fi
+    target/release/context-api migrate >/dev/null
+    target/release/context-api serve & pid=$!
+    for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/ready" && break; sleep 0.2; done
+    local idle; idle=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
+    python3 - "$PORT" "$KEY" <<'PY'
+import json, sys, urllib.request, concurrent.futures as cf
+port, key = sys.argv[1], sys.argv[2]
+def call(path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
+        {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    return urllib.request.urlopen(req).status
+user = "7a1c9d7e-3b53-4f5e-9a0c-2f1d6a4b8c11"
+with cf.ThreadPoolExecutor(8) as ex:
+    list(ex.map(lambda i: call("/contexts", {"user_id": user, "context_type": "bench",
+        "content": {"text": f"memory number {i} about tea, travel, work and family " * 4}}), range(200)))
+    list(ex.map(lambda i: call("/contexts/search", {"query": f"question {i} about family travel", "k": 5}), range(200)))
+PY
+    local hwm rss; hwm=$(awk '/VmHWM/{print $2}' /proc/$pid/status); rss=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
+    kill -TERM $pid; wait $pid || true
+    [[ -n $stub ]] && kill $stub
+    "$psql" "$TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db"
+    printf '| %s | %d MiB | %d MiB | %d MiB |\n' "$provider" $((idle / 1024)) $((rss / 1024)) $((hwm / 1024))
+}
+echo "| provider | RSS after start | RSS after load | peak RSS (VmHWM) |"
+echo "|---|---|---|---|"
+run local
+run tei

@@ -1,0 +1,330 @@
+//! In-process embeddings: a sentence-transformers BERT model (config.json,
+//! tokenizer.json, model.safetensors, 1_Pooling/config.json) run on the CPU
+//! with candle, the engine TEI itself uses.
+//!
+//! Inference runs on a dedicated thread fed by a bounded queue, so it never
+//! blocks the async runtime. Requests waiting in the queue are batched
+//! together. A full queue answers like an overloaded TEI: writes stay pending
+//! and text searches get 503.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config, DTYPE};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokio::sync::{mpsc, oneshot};
+
+use super::EmbedError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("EMBEDDING_MODEL_DIR: cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("EMBEDDING_MODEL_DIR: {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("EMBEDDING_MODEL_DIR: cannot load the model: {0}")]
+    Model(#[from] candle_core::Error),
+}
+
+#[derive(Deserialize)]
+struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+}
+
+#[derive(Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct Module {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pooling {
+    Mean,
+    Cls,
+}
+
+/// The model and its tokenizer; used only on the inference thread.
+struct Engine {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    pooling: Pooling,
+    normalize: bool,
+    device: Device,
+}
+
+struct Job {
+    texts: Vec<String>,
+    reply: oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>,
+}
+
+/// Handle on the inference thread. Cheap to clone.
+#[derive(Clone)]
+pub struct LocalModel {
+    tx: mpsc::Sender<Job>,
+    pub model_id: String,
+    pub dim: usize,
+    pub max_batch: usize,
+    pub max_tokens: usize,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(path: &Path, bytes: &[u8]) -> Result<T, LoadError> {
+    serde_json::from_slice(bytes).map_err(|e| LoadError::Invalid {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+impl LocalModel {
+    /// Loads the model (blocking: call it off the async runtime) and starts
+    /// the inference thread. `queue` bounds the requests waiting; `max_batch`
+    /// the texts run through the model at once.
+    pub fn load(dir: &Path, queue: usize, max_batch: usize) -> Result<Self, LoadError> {
+        let started = Instant::now();
+        let config_path = dir.join("config.json");
+        let config_bytes = read(&config_path)?;
+        let config: Config = parse(&config_path, &config_bytes)?;
+        let hidden: serde_json::Value = parse(&config_path, &config_bytes)?;
+        let dim = hidden["hidden_size"].as_u64().unwrap_or(0) as usize;
+
+        let pooling_path = dir.join("1_Pooling").join("config.json");
+        let pooling = match std::fs::read(&pooling_path) {
+            Ok(bytes) => {
+                let p: PoolingConfig = parse(&pooling_path, &bytes)?;
+                match (p.pooling_mode_mean_tokens, p.pooling_mode_cls_token) {
+                    (true, _) => Pooling::Mean,
+                    (false, true) => Pooling::Cls,
+                    _ => {
+                        return Err(LoadError::Invalid {
+                            path: pooling_path,
+                            message: "only mean and CLS pooling are supported".into(),
+                        })
+                    }
+                }
+            }
+            // Not a sentence-transformers layout: TEI's default for BERT is mean pooling.
+            Err(_) => Pooling::Mean,
+        };
+        // sentence-transformers lists Normalize as a module when the model wants it.
+        let normalize = std::fs::read(dir.join("modules.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<Module>>(&b).ok())
+            .is_none_or(|mods| mods.iter().any(|m| m.kind.ends_with(".Normalize")));
+        // The model's own maximum: sentence-transformers' max_seq_length, else
+        // the position embeddings.
+        let max_tokens = std::fs::read(dir.join("sentence_bert_config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SentenceBertConfig>(&b).ok())
+            .and_then(|c| c.max_seq_length)
+            .or_else(|| {
+                hidden["max_position_embeddings"]
+                    .as_u64()
+                    .map(|n| n as usize)
+            })
+            .unwrap_or(512);
+
+        let tokenizer_path = dir.join("tokenizer.json");
+        let mut tokenizer =
+            Tokenizer::from_bytes(read(&tokenizer_path)?).map_err(|e| LoadError::Invalid {
+                path: tokenizer_path.clone(),
+                message: e.to_string(),
+            })?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| LoadError::Invalid {
+                path: tokenizer_path.clone(),
+                message: e.to_string(),
+            })?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..Default::default()
+        }));
+
+        let weights = dir.join("model.safetensors");
+        let weights_len = std::fs::metadata(&weights)
+            .map_err(|source| LoadError::Read {
+                path: weights.clone(),
+                source,
+            })?
+            .len();
+        let device = Device::Cpu;
+        // SAFETY: the weights file is memory-mapped read-only; it must not be
+        // modified while the service runs (it is a deployment artifact).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DTYPE, &device)? };
+        let model = BertModel::load(vb, &config)?;
+
+        // Names the model for the query-embedding cache: the directory and a
+        // digest of what defines the model's output.
+        let mut h = Sha256::new();
+        h.update(&config_bytes);
+        h.update(weights_len.to_le_bytes());
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into());
+        let model_id = format!("local/{name}@{}", &hex::encode(h.finalize())[..12]);
+
+        let engine = Engine {
+            model,
+            tokenizer,
+            pooling,
+            normalize,
+            device,
+        };
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let max_batch = max_batch.max(1);
+        std::thread::Builder::new()
+            .name("embeddings".into())
+            .spawn(move || engine.serve(rx, max_batch))
+            .map_err(|source| LoadError::Read {
+                path: dir.to_owned(),
+                source,
+            })?;
+        tracing::info!(
+            model = %model_id, dim, max_tokens, ?pooling, normalize,
+            load_ms = started.elapsed().as_millis() as u64,
+            "local embedding model loaded"
+        );
+        Ok(Self {
+            tx,
+            model_id,
+            dim,
+            max_batch,
+            max_tokens,
+        })
+    }
+
+    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            texts: texts.to_vec(),
+            reply,
+        };
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                metrics::counter!("embedding_queue_rejections_total").increment(1);
+                EmbedError::Unavailable("local embedding queue is full".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                EmbedError::Unavailable("local embedding worker stopped".into())
+            }
+        })?;
+        rx.await
+            .map_err(|_| EmbedError::Unavailable("local embedding worker stopped".into()))?
+    }
+}
+
+impl Engine {
+    /// The inference thread: takes one job, adds whatever else is waiting (up
+    /// to `max_batch` texts), runs them together, answers each job.
+    fn serve(self, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut jobs = vec![first];
+            let mut n = jobs[0].texts.len();
+            while n < max_batch {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        n += job.texts.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let texts: Vec<&str> = jobs
+                .iter()
+                .flat_map(|j| j.texts.iter().map(String::as_str))
+                .collect();
+            metrics::histogram!("embedding_batch_size").record(texts.len() as f64);
+            let result = self.embed(&texts, max_batch);
+            let mut vectors = match result {
+                Ok(v) => v.into_iter(),
+                Err(e) => {
+                    tracing::error!(error = %e, "local embedding failed");
+                    for job in jobs {
+                        let _ = job
+                            .reply
+                            .send(Err(EmbedError::Unavailable(format!("local model: {e}"))));
+                    }
+                    continue;
+                }
+            };
+            for job in jobs {
+                let mine: Vec<Vec<f32>> = vectors.by_ref().take(job.texts.len()).collect();
+                let _ = job.reply.send(Ok(mine));
+            }
+        }
+    }
+
+    /// Embeds in chunks of `max_batch`, texts of similar length together so
+    /// that little compute goes to padding; returns vectors in input order.
+    fn embed(&self, texts: &[&str], max_batch: usize) -> Result<Vec<Vec<f32>>, String> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let mut out = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(max_batch) {
+            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+            let vectors = self.forward(&batch).map_err(|e| e.to_string())?;
+            for (&i, v) in chunk.iter().zip(vectors) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    fn forward(
+        &self,
+        texts: &[&str],
+    ) -> Result<Vec<Vec<f32>>, Box<dyn std::error::Error + Send + Sync>> {
+        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true)?;
+        let stack = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> candle_core::Result<Tensor> {
+            let rows = encodings
+                .iter()
+                .map(|e| Tensor::new(f(e), &self.device))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::stack(&rows, 0)
+        };
+        let ids = stack(&|e| e.get_ids())?;
+        let type_ids = stack(&|e| e.get_type_ids())?;
+        let mask = stack(&|e| e.get_attention_mask())?;
+        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let pooled = match self.pooling {
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Mean => {
+                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+                summed.broadcast_div(&m.sum(1)?)?
+            }
+        };
+        let pooled = if self.normalize {
+            pooled.broadcast_div(&pooled.sqr()?.sum_keepdim(1)?.sqrt()?)?
+        } else {
+            pooled
+        };
+        Ok(pooled.to_vec2::<f32>()?)
+    }
+}

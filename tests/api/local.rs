@@ -1,0 +1,179 @@
+//! The in-process provider (EMBEDDING_PROVIDER=local) with all-MiniLM-L6-v2.
+
+use std::path::Path;
+
+use context_api::embeddings::LocalModel;
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_problem, model_dir, spawn_app_with, Options};
+
+const MINILM_DIM: usize = 384;
+
+#[derive(Deserialize)]
+struct Reference {
+    header: String,
+    dim: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    embedding: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct Pairs {
+    documents: Vec<String>,
+    queries: Vec<Query>,
+}
+
+#[derive(Deserialize)]
+struct Query {
+    query: String,
+    answer_index: usize,
+}
+
+fn fixture<T: for<'de> Deserialize<'de>>(name: &str) -> T {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn local(options: Options) -> Options {
+    Options {
+        dim: MINILM_DIM,
+        ..options
+    }
+    .set("embedding_provider", "local")
+    .set("embedding_model_dir", model_dir())
+}
+
+#[tokio::test]
+async fn local_vectors_match_the_reference_implementation() {
+    let reference: Reference = fixture("minilm-reference.json");
+    assert!(
+        reference.header.contains("NumPy"),
+        "the fixture says how it was made"
+    );
+    let dir = model_dir();
+    let model = tokio::task::spawn_blocking(move || LocalModel::load(Path::new(&dir), 16, 8))
+        .await
+        .unwrap()
+        .expect("the model loads");
+    assert_eq!(model.dim, reference.dim);
+    let texts: Vec<String> = reference.cases.iter().map(|c| c.text.clone()).collect();
+
+    // All at once: texts of very different lengths share padded batches, so a
+    // masking mistake would show here. Then one by one.
+    let batched = model.embed(&texts).await.unwrap();
+    for (case, got) in reference.cases.iter().zip(&batched) {
+        let c = cosine(got, &case.embedding);
+        assert!(c >= 0.999, "batched {:?}: cosine {c}", case.text);
+        let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "normalized: {norm}");
+    }
+    for case in &reference.cases {
+        let got = model
+            .embed(std::slice::from_ref(&case.text))
+            .await
+            .unwrap()
+            .remove(0);
+        let c = cosine(&got, &case.embedding);
+        assert!(c >= 0.999, "single {:?}: cosine {c}", case.text);
+    }
+}
+
+#[tokio::test]
+async fn search_ranks_the_right_answer_first() {
+    let pairs: Pairs = fixture("semantic-pairs.json");
+    let app = spawn_app_with(local(Options::default())).await;
+    let mut ids = vec![];
+    for doc in &pairs.documents {
+        let c = app
+            .create(app.alice.id, json!({"content": {"text": doc}}))
+            .await;
+        assert_eq!(c["embedding_status"], "ready");
+        ids.push(c["id"].as_str().unwrap().to_owned());
+    }
+    for q in &pairs.queries {
+        let body: Value = app
+            .search(json!({"query": q.query, "k": 3}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            body["results"][0]["context"]["id"].as_str().unwrap(),
+            ids[q.answer_index],
+            "{:?} should find {:?}, got {}",
+            q.query,
+            pairs.documents[q.answer_index],
+            body["results"][0]["context"]["content"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_like_an_overloaded_tei() {
+    let app = spawn_app_with(local(Options::default()).set("embedding_queue_size", 1)).await;
+    let long = "context management for language models ".repeat(40);
+    let mut tasks = vec![];
+    for i in 0..12 {
+        let req = app
+            .req(Method::POST, "/contexts/search")
+            .json(&json!({"query": format!("{i} {long}")}));
+        tasks.push(tokio::spawn(async move { req.send().await.unwrap() }));
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let resp = t.await.unwrap();
+        match resp.status().as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert!(resp.headers().contains_key("retry-after"));
+                assert_problem(resp, 503).await;
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(ok >= 1, "some searches got through");
+    assert!(
+        refused >= 1,
+        "with one queue slot, concurrent searches are refused, not queued"
+    );
+}
+
+#[tokio::test]
+async fn the_service_refuses_a_model_of_another_dimension() {
+    let db = crate::helpers::TestDb::create(crate::helpers::DIM).await;
+    let mut overrides = local(Options::default()).overrides;
+    overrides.extend([
+        ("database_url".to_string(), json!(db.url)),
+        ("embedding_dim".to_string(), json!(crate::helpers::DIM)),
+        ("bind_address".to_string(), json!("127.0.0.1:0")),
+        ("auth_disabled".to_string(), json!(true)),
+    ]);
+    let settings = crate::helpers::settings_from(&overrides);
+    let err = match context_api::startup::App::build(settings, false).await {
+        Ok(_) => panic!("a 384-dimensional model with EMBEDDING_DIM=16 must not start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("EMBEDDING_DIM=384"), "{err}");
+}
