@@ -88,6 +88,7 @@ REDIS_URL=redis://default:sentinel-redis-password-9c2e@redis:6379
 GRAFANA_ADMIN_PASSWORD=sentinel-grafana-password-77d1
 DOMAIN=api.example.com
 EOF
+    # shellcheck disable=SC2034 # read through the nameref below
     local base=(-f docker-compose.yml) dev=(-f docker-compose.yml -f docker-compose.override.yml)
     local prod=(-f docker-compose.yml -f docker-compose.prod.yml) name
     for name in base dev prod; do
@@ -118,7 +119,7 @@ EOF
                grep -ohE '^ +environment: [A-Z_][A-Z0-9_]*$' docker-compose*.yml | awk '{print $2}'; } | sort -u)"
     listed="$(grep -oE '^[A-Z_][A-Z0-9_]*=' .env.example | tr -d = | sort -u)"
     missing="$(comm -23 <(printf '%s\n' "$used") <(printf '%s\n' "$listed"))"
-    [[ -z "$missing" ]] || die ".env.example does not list: $(echo $missing)"
+    [[ -z "$missing" ]] || die ".env.example does not list: $(tr '\n' ' ' <<<"$missing")"
     ok ".env.example lists all $(wc -l <<<"$used") variables the compose files use"
 
     python3 scripts/lib/compose_assert.py "$WORK/base.json" "$WORK/dev.json" "$WORK/prod.json" "$env" \
@@ -178,7 +179,6 @@ PY
 static_checks() {
     phase "tools"
     ensure_static_tools
-    python3 -c 'import yaml' 2>/dev/null || apt_ensure_pkg python3-yaml
     log "compose $("$COMPOSE" version --short), $(caddy version | cut -d' ' -f1), $(promtool --version 2>&1 | head -n1 | cut -d' ' -f1-3), $("$HADOLINT" --version)"
     phase "static checks"
     compose_checks
@@ -186,12 +186,6 @@ static_checks() {
     prometheus_checks
     hadolint_checks
     grafana_checks
-}
-
-apt_ensure_pkg() {
-    apt-get install -y -q "$1" >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null 2>&1; apt-get install -y -q "$1" >/dev/null; } \
-        || die "apt-get install $1 failed"
 }
 
 # -------------------------------------------------------------------- live --
@@ -206,7 +200,7 @@ start_replica() { # name port extra-env...
         API_KEYS="admin:$KEY_HASH" BIND_ADDRESS="127.0.0.1:$port" LOG_FORMAT=json LOG_LEVEL=info \
         "$@" "$BIN" serve >"$WORK/$name.log" 2>&1 &
     PIDS+=($!)
-    eval "${name}_PID=$!"
+    LAST_PID=$!
     wait_http "http://127.0.0.1:$port/ready" 60 || { tail -n 20 "$WORK/$name.log" >&2; die "replica $name did not become ready on :$port"; }
 }
 
@@ -246,6 +240,7 @@ live_checks() {
     # Replica A, once sent SIGTERM, keeps serving but answers /ready with 503
     # for 30 s: the state Caddy must route around.
     start_replica a "$A_PORT" SHUTDOWN_DELAY_MS=30000
+    A_PID=$LAST_PID
     start_replica b "$B_PORT"
     ok "two replicas on 127.0.0.1:$A_PORT and :$B_PORT"
 
@@ -321,7 +316,7 @@ caddy_live() {
 
     # ...until A's /ready fails: SIGTERM starts its drain (/ready 503) while it
     # keeps serving, so only Caddy's health check can keep traffic away.
-    kill -TERM "$a_PID"
+    kill -TERM "$A_PID"
     for i in $(seq 1 25); do
         [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$A_PORT/ready")" == 503 ]] && break
         sleep 0.2
@@ -367,21 +362,21 @@ PY
 
 prometheus_verify() {
     phase "Prometheus scraping the service"
-    local base="http://127.0.0.1:$PROM_PORT" i health=""
-    wait_http "$base/-/ready" 30 || { tail -n 20 "$WORK/prometheus/prometheus.log" >&2; die "Prometheus did not start"; }
+    local prom="http://127.0.0.1:$PROM_PORT" i health=""
+    wait_http "$prom/-/ready" 30 || { tail -n 20 "$WORK/prometheus/prometheus.log" >&2; die "Prometheus did not start"; }
     for i in $(seq 1 60); do
-        health="$(curl -sf "$base/api/v1/targets" | jq -r '.data.activeTargets[] | select(.labels.job=="context-api") | .health')"
+        health="$(curl -sf "$prom/api/v1/targets" | jq -r '.data.activeTargets[] | select(.labels.job=="context-api") | .health')"
         [[ "$health" == up ]] && break
         sleep 1
     done
     [[ "$health" == up ]] || die "Prometheus reports the context-api target as '${health:-absent}'"
-    [[ "$(curl -sf "$base/api/v1/query" --data-urlencode 'query=up{job="context-api"}' | jq -r '.data.result[0].value[1]')" == 1 ]] \
+    [[ "$(curl -sf "$prom/api/v1/query" --data-urlencode 'query=up{job="context-api"}' | jq -r '.data.result[0].value[1]')" == 1 ]] \
         || die "up{job=\"context-api\"} is not 1"
     local rules
-    rules="$(curl -sf "$base/api/v1/rules" | jq '[.data.groups[].rules[]] | length')"
+    rules="$(curl -sf "$prom/api/v1/rules" | jq '[.data.groups[].rules[]] | length')"
     [[ "$rules" -ge 7 ]] || die "Prometheus loaded $rules alert rules, expected 7"
     local bad
-    bad="$(curl -sf "$base/api/v1/rules" | jq -r '[.data.groups[].rules[] | select(.health != "ok" and .health != "unknown") | .name] | join(",")')"
+    bad="$(curl -sf "$prom/api/v1/rules" | jq -r '[.data.groups[].rules[] | select(.health != "ok" and .health != "unknown") | .name] | join(",")')"
     [[ -z "$bad" ]] || die "alert rules fail to evaluate: $bad"
     ok "Prometheus: target up, $rules rules loaded and evaluating"
 }

@@ -242,7 +242,7 @@ start_podman_service() {
     podman system service --time=0 "unix://$SOCK" >"$STACK_DIR/podman-service.log" 2>&1 &
     SERVICE_PID=$!
     local i
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         curl -sf --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1 && return 0
         kill -0 "$SERVICE_PID" 2>/dev/null || break
         sleep 0.1
@@ -270,8 +270,8 @@ container_of() { # service [index]
 }
 
 wait_healthy() { # service timeout
-    local id status i
-    for i in $(seq 1 "$2"); do
+    local id status=""
+    for _ in $(seq 1 "$2"); do
         id="$(container_of "$1")"
         if [[ -n "$id" ]]; then
             status="$(podman inspect --format '{{.State.Health.Status}}' "$id" 2>/dev/null || true)"
