@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Peak memory of the service with the local model loaded, under a little load.
 #
-#   bench/memory.sh            (release build; starts Postgres/Redis if needed)
+#   bench/memory.sh            (starts Postgres/Redis if needed)
 #
 # Starts `context-api serve` with EMBEDDING_PROVIDER=local on a scratch
 # database, creates 200 contexts and runs 200 text searches (8 at a time), then
@@ -14,13 +14,15 @@ PORT="${PORT:-18800}"
 scripts/services.sh start >/dev/null
 eval "$(scripts/services.sh env)"
 MODEL="$(scripts/model.sh)"
-cargo build --release --quiet --bin context-api
+# The dev build: candle and friends are optimized in it (see Cargo.toml), and
+# it is the binary the quick start runs.
+cargo build --quiet --bin context-api
 psql=.services/pg/install/bin/psql
 KEY=bench-key
 
 run() { # provider
     local provider=$1 db="bench_mem_$1" pid stub=""
-    "$psql" "$TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+    "$psql" "$TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>/dev/null
     export DATABASE_URL="${TEST_DATABASE_URL%/postgres}/$db" REDIS_URL="$TEST_REDIS_URL" \
         API_KEYS="admin:$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)" BIND_ADDRESS="127.0.0.1:$PORT" \
         EMBEDDING_DIM=384 CACHE_KEY_PREFIX="bench-mem-$provider:" LOG_LEVEL=warn
@@ -30,8 +32,8 @@ run() { # provider
         python3 scripts/tei-stub.py --port $((PORT + 1)) --dim 384 >/dev/null 2>&1 & stub=$!
         export EMBEDDING_PROVIDER=tei EMBEDDING_SERVICE_URL="http://127.0.0.1:$((PORT + 1))"
     fi
-    target/release/context-api migrate >/dev/null
-    target/release/context-api serve & pid=$!
+    target/debug/context-api migrate >/dev/null
+    target/debug/context-api serve & pid=$!
     for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/ready" && break; sleep 0.2; done
     local idle; idle=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
     python3 - "$PORT" "$KEY" <<'PY'
