@@ -2,7 +2,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with, Options, DIM};
+use crate::helpers::{assert_close, assert_problem, spawn_app, spawn_app_with, Options, DIM};
 
 #[tokio::test]
 async fn create_returns_201_location_etag_and_the_context() {
@@ -88,14 +88,7 @@ async fn a_given_embedding_is_stored_as_is_without_calling_tei() {
         !app.tei.inputs().contains(&"given vector".to_string()),
         "TEI must not be called"
     );
-    let id = created["id"].as_str().unwrap();
-    let resp = app
-        .req(Method::GET, &format!("/contexts/{id}?include=embedding"))
-        .send()
-        .await
-        .unwrap();
-    let body: Value = resp.json().await.unwrap();
-    let got: Vec<f32> = serde_json::from_value(body["embedding"].clone()).unwrap();
+    let (_, got) = app.with_embedding(created["id"].as_str().unwrap()).await;
     assert_eq!(got, vector);
 }
 
@@ -240,15 +233,8 @@ async fn patch_replaces_given_fields_bumps_version_and_reembeds_on_text_change()
     assert_eq!(app.tei.inputs().last().unwrap(), "second words");
 
     // The stored vector is the new text's.
-    let resp = app
-        .req(Method::GET, &format!("/contexts/{id}?include=embedding"))
-        .send()
-        .await
-        .unwrap();
-    let body: Value = resp.json().await.unwrap();
-    let got: Vec<f32> = serde_json::from_value(body["embedding"].clone()).unwrap();
-    let want = crate::tei::vector("second words", DIM);
-    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6));
+    let (_, got) = app.with_embedding(id).await;
+    assert_close(&got, &crate::tei::vector("second words", DIM));
 
     // expires_at: null clears, a TTL sets.
     let resp = app
@@ -341,16 +327,8 @@ async fn list_is_newest_first_filtered_and_paged_by_a_stable_cursor() {
         .await;
 
     let page: Value = app
-        .req(
-            Method::GET,
-            &format!("/contexts?user_id={}&limit=2", app.alice.id),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/contexts?user_id={}&limit=2", app.alice.id))
+        .await;
     let first: Vec<&str> = page["items"]
         .as_array()
         .unwrap()
@@ -364,16 +342,11 @@ async fn list_is_newest_first_filtered_and_paged_by_a_stable_cursor() {
     app.create(app.alice.id, json!({"content": {"text": "late"}}))
         .await;
     let page: Value = app
-        .req(
-            Method::GET,
-            &format!("/contexts?user_id={}&limit=2&cursor={cursor}", app.alice.id),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!(
+            "/contexts?user_id={}&limit=2&cursor={cursor}",
+            app.alice.id
+        ))
+        .await;
     let second: Vec<&str> = page["items"]
         .as_array()
         .unwrap()
@@ -383,30 +356,20 @@ async fn list_is_newest_first_filtered_and_paged_by_a_stable_cursor() {
     assert_eq!(second, vec![ids[2].as_str(), ids[1].as_str()]);
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
     let page: Value = app
-        .req(
-            Method::GET,
-            &format!("/contexts?user_id={}&limit=2&cursor={cursor}", app.alice.id),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!(
+            "/contexts?user_id={}&limit=2&cursor={cursor}",
+            app.alice.id
+        ))
+        .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     assert!(page["next_cursor"].is_null());
 
     let page: Value = app
-        .req(
-            Method::GET,
-            &format!("/contexts?user_id={}&context_type=even", app.alice.id),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!(
+            "/contexts?user_id={}&context_type=even",
+            app.alice.id
+        ))
+        .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 3);
     assert!(page["items"]
         .as_array()
@@ -415,14 +378,7 @@ async fn list_is_newest_first_filtered_and_paged_by_a_stable_cursor() {
         .all(|c| c["context_type"] == "even"));
 
     // Admin without a filter sees everyone, default limit 20.
-    let page: Value = app
-        .req(Method::GET, "/contexts")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get_json("/contexts").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 7);
 }
 

@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_problem, eventually, spawn_app, spawn_app_with, Options, TestApp, DIM,
+    assert_close, assert_problem, eventually, spawn_app, spawn_app_with, Options, TestApp, DIM,
 };
 
 async fn status_of(app: &TestApp, id: &str) -> String {
@@ -57,15 +57,8 @@ async fn writes_succeed_pending_while_tei_is_down_and_are_filled_when_it_returns
     app.tei.set_down(false);
     wait_ready(&app, id).await;
     // The vector stored is the one of the latest text.
-    let resp = app
-        .req(Method::GET, &format!("/contexts/{id}?include=embedding"))
-        .send()
-        .await
-        .unwrap();
-    let body: Value = resp.json().await.unwrap();
-    let got: Vec<f32> = serde_json::from_value(body["embedding"].clone()).unwrap();
-    let want = crate::tei::vector("new words after the outage", DIM);
-    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6));
+    let (body, got) = app.with_embedding(id).await;
+    assert_close(&got, &crate::tei::vector("new words after the outage", DIM));
     assert_eq!(
         body["version"], 2,
         "filling the embedding is not a change of the context"
@@ -187,19 +180,7 @@ async fn a_tei_of_the_wrong_dimension_is_reported_and_nothing_of_that_size_is_st
 async fn a_429_from_tei_is_retried_with_backoff() {
     let app = spawn_app().await;
     // Let the startup probe finish first, so the failures hit the write's call.
-    eventually(Duration::from_secs(10), || async {
-        let body: Value = app
-            .client
-            .get(app.url("/ready"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (body["checks"]["embeddings"]["status"] == "ok").then_some(())
-    })
-    .await;
+    app.wait_embeddings_ok(Duration::from_secs(10)).await;
     app.tei
         .switches
         .fail_next

@@ -62,22 +62,13 @@ async fn ready_is_degraded_when_required_redis_is_down_but_not_when_optional() {
 #[tokio::test]
 async fn ready_is_degraded_when_postgres_is_gone() {
     let app = spawn_app().await;
-    let admin = sqlx::PgPool::connect(&crate::helpers::database_admin_url())
-        .await
-        .unwrap();
-    // Forbid new connections and terminate the app's: the database is "down".
-    sqlx::query(&format!(
+    // Forbid new connections and end the app's: the database is "down".
+    app.admin_sql(&format!(
         "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
         app.db.name
     ))
-    .execute(&admin)
-    .await
-    .unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-        .bind(&app.db.name)
-        .execute(&admin)
-        .await
-        .unwrap();
+    .await;
+    app.terminate_connections().await;
     let resp = app.client.get(app.url("/ready")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
@@ -96,13 +87,11 @@ async fn ready_is_degraded_when_postgres_is_gone() {
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
 
-    sqlx::query(&format!(
+    app.admin_sql(&format!(
         "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
         app.db.name
     ))
-    .execute(&admin)
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test]

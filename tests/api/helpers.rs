@@ -319,6 +319,53 @@ impl TestApp {
             .unwrap()
     }
 
+    /// GET `path` with the admin key; the JSON body, whatever the status.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.req(Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A context with its vector (`?include=embedding`).
+    pub async fn with_embedding(&self, id: &str) -> (Value, Vec<f32>) {
+        let body = self
+            .get_json(&format!("/contexts/{id}?include=embedding"))
+            .await;
+        let vector = serde_json::from_value(body["embedding"].clone()).expect("an embedding");
+        (body, vector)
+    }
+
+    /// Waits until /ready reports the embedding service as ok.
+    pub async fn wait_embeddings_ok(&self, timeout: Duration) {
+        eventually(timeout, || async {
+            let resp = self.client.get(self.url("/ready")).send().await.ok()?;
+            let body: Value = resp.json().await.ok()?;
+            (body["checks"]["embeddings"]["status"] == "ok").then_some(())
+        })
+        .await;
+    }
+
+    /// Runs `sql` on the server's maintenance database (for statements about
+    /// this test's database, which cannot run inside it).
+    pub async fn admin_sql(&self, sql: &str) {
+        let admin = sqlx::PgPool::connect(&database_admin_url()).await.unwrap();
+        sqlx::query(sql).execute(&admin).await.unwrap();
+        admin.close().await;
+    }
+
+    /// Ends every connection to this test's database: the app's pool has to reconnect.
+    pub async fn terminate_connections(&self) {
+        self.admin_sql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            self.db.name
+        ))
+        .await;
+    }
+
     pub async fn search(&self, body: Value) -> Response {
         self.req(Method::POST, "/contexts/search")
             .json(&body)
@@ -367,6 +414,15 @@ pub async fn assert_problem(resp: Response, status: u16) -> Value {
         assert!(body[field].is_string(), "problem lacks {field}: {body}");
     }
     body
+}
+
+/// Element-wise equal within float noise.
+pub fn assert_close(got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len());
+    assert!(
+        got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+        "{got:?} != {want:?}"
+    );
 }
 
 /// Polls `f` until it returns `Some`, for at most `timeout`.

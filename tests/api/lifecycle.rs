@@ -387,17 +387,5 @@ async fn the_service_starts_before_tei_and_checks_it_when_it_answers() {
     assert_eq!(body["status"], "ready");
     assert_ne!(body["checks"]["embeddings"]["status"], "ok");
     tei_down.set_down(false);
-    eventually(Duration::from_secs(15), || async {
-        let body: Value = app2
-            .client
-            .get(app2.url("/ready"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (body["checks"]["embeddings"]["status"] == "ok").then_some(())
-    })
-    .await;
+    app2.wait_embeddings_ok(Duration::from_secs(15)).await;
 }

@@ -221,25 +221,16 @@ async fn a_filtered_search_keeps_its_recall_past_ef_search() {
     // Make the planner order by the HNSW index (with a selective filter it
     // would otherwise sort the few matching rows exactly, which proves nothing),
     // and make the app's connections pick that up.
-    let admin = sqlx::PgPool::connect(&crate::helpers::database_admin_url())
-        .await
-        .unwrap();
-    sqlx::query(&format!(
+    app.admin_sql(&format!(
         "ALTER DATABASE {} SET enable_sort = off",
         app.db.name
     ))
-    .execute(&admin)
-    .await
-    .unwrap();
+    .await;
     sqlx::query("ANALYZE contexts")
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-        .bind(&app.db.name)
-        .execute(&admin)
-        .await
-        .unwrap();
+    app.terminate_connections().await;
     let q = vec![1.0f32; DIM];
     let resp = crate::helpers::eventually(std::time::Duration::from_secs(5), || async {
         let r = app
