@@ -98,7 +98,7 @@ impl Contexts {
         q.user_id = scope.confine(q.user_id).map_err(|_| {
             ServiceError::Forbidden("this key may only list its own user's contexts")
         })?;
-        let mut items = self.store.list(&q).await?;
+        let items = self.store.list(&q).await?;
         let next = if items.len() as i64 == q.limit.get() {
             items.last().map(|c| Cursor {
                 created_at: c.created_at,
@@ -107,7 +107,6 @@ impl Contexts {
         } else {
             None
         };
-        items.shrink_to_fit();
         Ok(Page { items, next })
     }
 

@@ -151,15 +151,7 @@ async fn a_tei_of_the_wrong_dimension_is_reported_and_nothing_of_that_size_is_st
         .create(app.alice.id, json!({"content": {"text": "wrong size"}}))
         .await;
     assert_eq!(c["embedding_status"], "pending");
-    let body: Value = app
-        .client
-        .get(app.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = app.ready_json().await;
     assert_eq!(
         body["checks"]["embeddings"]["status"], "dimension_mismatch",
         "{body}"

@@ -339,14 +339,34 @@ impl TestApp {
         (body, vector)
     }
 
+    /// The body of GET /ready (an open route: no key).
+    pub async fn ready_json(&self) -> Value {
+        self.client
+            .get(self.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Waits until /ready reports the embedding service as ok.
     pub async fn wait_embeddings_ok(&self, timeout: Duration) {
         eventually(timeout, || async {
-            let resp = self.client.get(self.url("/ready")).send().await.ok()?;
-            let body: Value = resp.json().await.ok()?;
+            let body = self.ready_json().await;
             (body["checks"]["embeddings"]["status"] == "ok").then_some(())
         })
         .await;
+    }
+
+    /// Starts a text search in the background (slow when the TEI stub has a
+    /// delay); resolves to its status.
+    pub fn spawn_search(&self, query: &str) -> tokio::task::JoinHandle<reqwest::StatusCode> {
+        let req = self
+            .req(Method::POST, "/contexts/search")
+            .json(&json!({ "query": query }));
+        tokio::spawn(async move { req.send().await.unwrap().status() })
     }
 
     /// Runs `sql` on the server's maintenance database (for statements about
@@ -414,6 +434,18 @@ pub async fn assert_problem(resp: Response, status: u16) -> Value {
         assert!(body[field].is_string(), "problem lacks {field}: {body}");
     }
     body
+}
+
+/// Cosine similarity, in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
 }
 
 /// Element-wise equal within float noise.

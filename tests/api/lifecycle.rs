@@ -18,12 +18,7 @@ async fn beyond_the_concurrency_cap_requests_get_503_at_once() {
     app.create(app.alice.id, json!({"content": {"text": "warm"}}))
         .await;
     app.tei.set_delay(Duration::from_millis(1500));
-    let slow = {
-        let req = app
-            .req(Method::POST, "/contexts/search")
-            .json(&json!({"query": "slow query"}));
-        tokio::spawn(async move { req.send().await.unwrap().status() })
-    };
+    let slow = app.spawn_search("slow query");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     let resp = app.req(Method::GET, "/contexts").send().await.unwrap();
@@ -109,12 +104,7 @@ async fn in_process_shutdown_drains_and_lets_a_slow_request_finish() {
     app.create(app.alice.id, json!({"content": {"text": "warm"}}))
         .await;
     app.tei.set_delay(Duration::from_millis(1500));
-    let slow = {
-        let req = app
-            .req(Method::POST, "/contexts/search")
-            .json(&json!({"query": "in flight"}));
-        tokio::spawn(async move { req.send().await.unwrap().status() })
-    };
+    let slow = app.spawn_search("in flight");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let ready_url = app.url("/ready");
     let client = reqwest::Client::new();
@@ -375,15 +365,7 @@ async fn the_service_starts_before_tei_and_checks_it_when_it_answers() {
     tei_down.set_down(true);
     let app2 =
         spawn_app_with(Options::default().set("embedding_service_url", tei_down.url())).await;
-    let body: Value = app2
-        .client
-        .get(app2.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = app2.ready_json().await;
     assert_eq!(body["status"], "ready");
     assert_ne!(body["checks"]["embeddings"]["status"], "ok");
     tei_down.set_down(false);

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, model_dir, spawn_app_with, Options};
+use crate::helpers::{assert_problem, cosine, model_dir, spawn_app_with, Options};
 
 const MINILM_DIM: usize = 384;
 
@@ -41,17 +41,6 @@ fn fixture<T: for<'de> Deserialize<'de>>(name: &str) -> T {
         .join("tests/fixtures")
         .join(name);
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 fn local(options: Options) -> Options {

@@ -1,7 +1,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_app, DIM};
+use crate::helpers::{assert_problem, cosine, spawn_app, DIM};
 
 /// Deterministic pseudo-random vectors (xorshift), no two alike.
 fn vectors(n: usize, seed: u64) -> Vec<Vec<f32>> {
@@ -18,17 +18,6 @@ fn vectors(n: usize, seed: u64) -> Vec<Vec<f32>> {
                 .collect()
         })
         .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 fn ids(body: &Value) -> Vec<String> {
