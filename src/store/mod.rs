@@ -2,7 +2,7 @@
 
 mod contexts;
 
-pub use contexts::{Current, EmbeddingChange, PendingRow, Replacement};
+pub use contexts::{ef_search, search_query, Current, EmbeddingChange, PendingRow, Replacement};
 mod migrate;
 
 pub use migrate::{migrate, MigrateError};

@@ -5,6 +5,7 @@ mod helpers;
 mod tei;
 
 mod auth;
+mod batch;
 mod cache;
 mod contexts;
 mod embeddings;
@@ -12,4 +13,5 @@ mod health;
 mod lifecycle;
 #[cfg(feature = "local-embeddings")]
 mod local;
+mod plan;
 mod search;
