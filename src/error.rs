@@ -123,9 +123,26 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The status and the RFC 9457 body of this error, for a response or for
+    /// one item of a batch.
+    pub fn problem(&self) -> (StatusCode, serde_json::Value) {
+        let (status, slug, title) = self.parts();
+        let body = Problem {
+            kind: format!("urn:context-api:problem:{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: self.detail(),
+        };
+        (
+            status,
+            serde_json::to_value(&body).expect("problems always serialize"),
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, slug, title) = self.parts();
         match &self {
             ApiError::Internal(_) => tracing::error!(error = %self, "request failed"),
             ApiError::Unavailable(_) | ApiError::Overloaded(_) => {
@@ -133,19 +150,14 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::debug!(error = %self, "request rejected"),
         }
-        let body = Problem {
-            kind: format!("urn:context-api:problem:{slug}"),
-            title,
-            status: status.as_u16(),
-            detail: self.detail(),
-        };
+        let (status, body) = self.problem();
         let mut resp = (
             status,
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/problem+json"),
             )],
-            serde_json::to_string(&body).expect("problems always serialize"),
+            body.to_string(),
         )
             .into_response();
         let headers = resp.headers_mut();

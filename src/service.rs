@@ -63,6 +63,86 @@ impl Contexts {
         Ok(ctx)
     }
 
+    /// Creates many contexts: one embedding call in the provider's batches for
+    /// the items without a vector, one insert, the cache filled concurrently.
+    /// An item the caller may not write fails alone; a store failure fails all.
+    pub async fn create_many(
+        &self,
+        scope: Scope,
+        items: Vec<NewContext>,
+    ) -> Result<Vec<Result<Context, ServiceError>>, ServiceError> {
+        let mut results: Vec<Option<Result<Context, ServiceError>>> =
+            Vec::with_capacity(items.len());
+        let mut allowed = Vec::with_capacity(items.len());
+        for new in items {
+            if scope.allows(new.user_id) {
+                results.push(None);
+                allowed.push(new);
+            } else {
+                results.push(Some(Err(ServiceError::Forbidden(
+                    "this key may only write its own user's contexts",
+                ))));
+            }
+        }
+        self.embed_missing(&mut allowed).await;
+        let stored = if allowed.is_empty() {
+            Vec::new()
+        } else {
+            self.store.insert_many(&allowed).await?
+        };
+        futures_util::future::join_all(stored.iter().map(|c| self.cache.put_context(c))).await;
+        if stored
+            .iter()
+            .any(|c| c.embedding_status == crate::domain::EmbeddingStatus::Pending)
+        {
+            self.pending.notify_one();
+        }
+        let mut stored = stored.into_iter();
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                Some(failed) => failed,
+                None => stored.next().ok_or(ServiceError::NotFound),
+            })
+            .collect())
+    }
+
+    /// Fills in the vectors of items that have none, in the provider's batch
+    /// sizes. On failure or timeout the items stay pending for the worker.
+    async fn embed_missing(&self, items: &mut [NewContext]) {
+        let missing: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].embedding.is_none())
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let texts: Vec<String> = missing.iter().map(|&i| items[i].text.clone()).collect();
+        let result =
+            tokio::time::timeout(self.inline_embed_timeout, self.embedder.embed(&texts)).await;
+        let vectors = match result {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, items = texts.len(), "batch embedding deferred: stored pending");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    items = texts.len(),
+                    "batch embedding timed out: stored pending"
+                );
+                return;
+            }
+        };
+        for (i, v) in missing.into_iter().zip(vectors) {
+            match Embedding::parse("embedding", v, self.store.dim()) {
+                Ok(e) => items[i].embedding = Some(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "embedding service returned an unusable vector")
+                }
+            }
+        }
+    }
+
     pub async fn get(
         &self,
         scope: Scope,

@@ -249,6 +249,102 @@ pub async fn create_context(
     ))
 }
 
+/// Items a batch may carry.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchCreateRequest {
+    /// Each item is a create body; read one by one so that a bad item fails alone.
+    items: Vec<Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchItemResult {
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<ContextResponse>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchCreateResponse {
+    created: usize,
+    failed: usize,
+    results: Vec<BatchItemResult>,
+}
+
+impl BatchItemResult {
+    fn failed(e: ApiError) -> Self {
+        let (status, problem) = e.problem();
+        Self {
+            status: status.as_u16(),
+            context: None,
+            problem: Some(problem),
+        }
+    }
+}
+
+/// POST /contexts/batch: up to 1,000 creates in one request and one insert.
+/// 200 with a result per item, in order: 201 and the context, or the item's
+/// problem. The request fails as a whole only when it is malformed or a
+/// dependency the insert needs is down.
+pub async fn create_contexts(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    AppJson(body): AppJson<BatchCreateRequest>,
+) -> Result<Json<BatchCreateResponse>, ApiError> {
+    let n = body.items.len();
+    if !(1..=MAX_BATCH_ITEMS).contains(&n) {
+        return Err(ValidationError::new(
+            "items",
+            format!("must hold between 1 and {MAX_BATCH_ITEMS} items, got {n}"),
+        )
+        .into());
+    }
+    let dim = state.contexts.store.dim();
+    let mut slots: Vec<Option<BatchItemResult>> = Vec::with_capacity(n);
+    let mut valid = Vec::with_capacity(n);
+    for (i, item) in body.items.into_iter().enumerate() {
+        let parsed = serde_json::from_value::<CreateContextRequest>(item)
+            .map_err(|e| ApiError::Validation(format!("items[{i}]: {e}")))
+            .and_then(|req| {
+                req.parse(scope, dim)
+                    .map_err(|e| ApiError::Validation(format!("items[{i}]: {e}")))
+            });
+        match parsed {
+            Ok(new) => {
+                slots.push(None);
+                valid.push(new);
+            }
+            Err(e) => slots.push(Some(BatchItemResult::failed(e))),
+        }
+    }
+    let mut stored = state.contexts.create_many(scope, valid).await?.into_iter();
+    let results: Vec<BatchItemResult> = slots
+        .into_iter()
+        .map(|slot| match slot {
+            Some(failed) => failed,
+            None => match stored.next() {
+                Some(Ok(ctx)) => BatchItemResult {
+                    status: StatusCode::CREATED.as_u16(),
+                    context: Some(ctx.into()),
+                    problem: None,
+                },
+                Some(Err(e)) => BatchItemResult::failed(e.into()),
+                None => BatchItemResult::failed(ApiError::Internal("batch result missing".into())),
+            },
+        })
+        .collect();
+    let created = results.iter().filter(|r| r.status == 201).count();
+    Ok(Json(BatchCreateResponse {
+        created,
+        failed: results.len() - created,
+        results,
+    }))
+}
+
 pub async fn get_context(
     State(state): State<AppState>,
     Caller(scope): Caller,

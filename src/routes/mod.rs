@@ -15,6 +15,9 @@ use crate::error::ApiError;
 use crate::state::AppState;
 pub use middleware::Admission;
 
+/// The batch route accepts this many times MAX_BODY_BYTES (16 MiB by default).
+pub const BATCH_BODY_FACTOR: usize = 16;
+
 pub fn router(state: AppState, admission: Admission, max_body_bytes: usize) -> Router {
     // Liveness, readiness and metrics stay outside admission control: probes
     // must answer while the API sheds load.
@@ -29,6 +32,13 @@ pub fn router(state: AppState, admission: Admission, max_body_bytes: usize) -> R
             post(contexts::create_context).get(contexts::list_contexts),
         )
         .route("/contexts/search", post(search::search_contexts))
+        .route(
+            "/contexts/batch",
+            // A full batch of 768-d vectors as JSON is about 9 MB.
+            post(contexts::create_contexts).layer(DefaultBodyLimit::max(
+                max_body_bytes.saturating_mul(BATCH_BODY_FACTOR),
+            )),
+        )
         .route(
             "/contexts/{id}",
             get(contexts::get_context)
