@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import re
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -37,6 +38,8 @@ def main():
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--model-id", default="stub/bag-of-words")
+    ap.add_argument("--latency-ms", type=float, default=0.0,
+                    help="sleep this long per /embed call, like a real model server (for benchmarks)")
     args = ap.parse_args()
 
     class Handler(BaseHTTPRequestHandler):
@@ -77,6 +80,8 @@ def main():
             if len(inputs) > args.max_batch:
                 return self.reply(413, {"error": f"batch size {len(inputs)} > maximum allowed batch size {args.max_batch}",
                                         "error_type": "Validation"})
+            if args.latency_ms > 0:
+                time.sleep(args.latency_ms / 1000)
             self.reply(200, [embed(t, args.dim) for t in inputs])
 
         def log_message(self, *a):
