@@ -79,6 +79,7 @@ struct Raw {
     cache_ttl_seconds: u64,
     embedding_cache_ttl_seconds: u64,
     cache_key_prefix: String,
+    local_cache_entries: u64,
     embedding_service_url: Option<String>,
     embedding_provider: Option<String>,
     embedding_model_dir: Option<PathBuf>,
@@ -119,6 +120,7 @@ impl Default for Raw {
             cache_ttl_seconds: 300,
             embedding_cache_ttl_seconds: 86_400,
             cache_key_prefix: "context-api:".into(),
+            local_cache_entries: 10_000,
             embedding_service_url: None,
             embedding_provider: None,
             embedding_model_dir: None,
@@ -160,6 +162,7 @@ const KEYS: &[&str] = &[
     "cache_ttl_seconds",
     "embedding_cache_ttl_seconds",
     "cache_key_prefix",
+    "local_cache_entries",
     "embedding_service_url",
     "embedding_provider",
     "embedding_model_dir",
@@ -220,6 +223,8 @@ pub struct RedisSettings {
     pub ttl: Duration,
     pub embedding_ttl: Duration,
     pub key_prefix: String,
+    /// Contexts kept in process in front of Redis; 0 turns that tier off.
+    pub local_entries: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -425,6 +430,7 @@ impl Settings {
                 ttl: Duration::from_secs(raw.cache_ttl_seconds.max(1)),
                 embedding_ttl: Duration::from_secs(raw.embedding_cache_ttl_seconds.max(1)),
                 key_prefix: raw.cache_key_prefix,
+                local_entries: raw.local_cache_entries,
             },
             embeddings: EmbeddingSettings {
                 provider,
@@ -501,6 +507,7 @@ impl Settings {
                 self.redis.embedding_ttl.as_secs().to_string(),
             ),
             ("cache_key_prefix", self.redis.key_prefix.clone()),
+            ("local_cache_entries", self.redis.local_entries.to_string()),
             ("embedding_provider", provider_name.into()),
             ("embedding_service_url", service_url),
             ("embedding_model_dir", model_dir),

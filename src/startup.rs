@@ -139,6 +139,10 @@ impl App {
             stop.clone(),
         ));
         tasks.spawn(watch_embedder(contexts.clone(), stop.clone()));
+        {
+            let (cache, stop) = (contexts.cache.clone(), stop.clone());
+            tasks.spawn(async move { cache.listen(stop).await });
+        }
 
         let admission = Admission::new(
             settings.http.max_concurrent_requests,

@@ -7,14 +7,23 @@
 //! state (or a tombstone) after their commit; a reader that loaded an older row
 //! before the write cannot put it back. So a read after a write is never stale,
 //! across any number of instances sharing one Redis.
+//!
+//! In front of Redis sits an in-process tier ([`local`]), kept coherent by the
+//! invalidation messages that the put script publishes.
+
+mod local;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use local::{Entry, Local};
 
 use crate::config::RedisSettings;
 use crate::domain::{Context, ContextId};
@@ -25,6 +34,8 @@ const PUT_IF_NEWER: &str = include_str!("put_if_newer.lua");
 const TOMBSTONE: &str = "";
 /// Generation of a hard-deleted row: nothing can be newer.
 const GONE: i64 = i64::MAX / 2;
+/// The longest an entry stays in the in-process tier.
+const LOCAL_TTL: Duration = Duration::from_secs(60);
 
 pub enum Lookup {
     Hit(Box<Context>),
@@ -53,6 +64,10 @@ struct Inner {
     embedding_ttl: Duration,
     op_timeout: Duration,
     put_script: Script,
+    /// `None` when LOCAL_CACHE_ENTRIES is 0.
+    local: Option<Arc<Local>>,
+    /// Where the put script announces newer entries.
+    channel: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +102,11 @@ impl Cache {
                 embedding_ttl: settings.embedding_ttl,
                 op_timeout: settings.op_timeout,
                 put_script: Script::new(PUT_IF_NEWER),
+                // Invalidation is the coherence; the TTL only bounds memory held
+                // by entries nobody reads.
+                local: (settings.local_entries > 0)
+                    .then(|| Local::new(settings.local_entries, settings.ttl.min(LOCAL_TTL))),
+                channel: format!("{}invalidate", settings.key_prefix),
             })),
         })
     }
@@ -119,18 +139,37 @@ impl Cache {
         let Some(inner) = &self.inner else {
             return Lookup::Miss;
         };
+        let local = inner.local.as_deref();
+        match local.and_then(|l| l.get(id)) {
+            Some(Entry::Value(_, ctx)) => {
+                metrics::counter!("cache_hits_total", "kind" => "context_local").increment(1);
+                return Lookup::Hit(Box::new(Context::clone(&ctx)));
+            }
+            Some(Entry::Gone(_)) => {
+                metrics::counter!("cache_hits_total", "kind" => "context_local").increment(1);
+                return Lookup::Gone;
+            }
+            Some(Entry::Newer(_)) | None => {}
+        }
+        let epoch = local.map(Local::epoch);
         let key = inner.context_key(id);
         let got = inner
             .run(|mut c| async move { c.get::<_, Option<String>>(key).await })
             .await
             .and_then(|v| v.map(|s| decode(&s)).transpose());
         match got {
-            Ok(Some(Some(ctx))) => {
+            Ok(Some((generation, Some(ctx)))) => {
                 metrics::counter!("cache_hits_total", "kind" => "context").increment(1);
+                if let (Some(l), Some(e)) = (local, epoch) {
+                    l.offer(e, id, Entry::Value(generation, Arc::new(ctx.clone())));
+                }
                 Lookup::Hit(Box::new(ctx))
             }
-            Ok(Some(None)) => {
+            Ok(Some((generation, None))) => {
                 metrics::counter!("cache_hits_total", "kind" => "context").increment(1);
+                if let (Some(l), Some(e)) = (local, epoch) {
+                    l.offer(e, id, Entry::Gone(generation));
+                }
                 Lookup::Gone
             }
             Ok(None) => {
@@ -144,6 +183,72 @@ impl Cache {
         }
     }
 
+    /// Follows the invalidation channel until `stop`, reconnecting as needed.
+    /// The in-process tier serves only while this is subscribed.
+    pub async fn listen(&self, stop: CancellationToken) {
+        let Some(inner) = &self.inner else { return };
+        let Some(local) = inner.local.clone() else {
+            return;
+        };
+        let mut delay = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            let subscribed = async {
+                let mut pubsub = inner.client.get_async_pubsub().await?;
+                pubsub.subscribe(&inner.channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = tokio::time::timeout(inner.op_timeout * 4, subscribed) => r,
+            };
+            match pubsub {
+                Ok(Ok(pubsub)) => {
+                    delay = Duration::from_millis(100);
+                    local.reset(true);
+                    tracing::debug!(channel = %inner.channel, "in-process cache live");
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        let msg = tokio::select! {
+                            _ = stop.cancelled() => None,
+                            m = messages.next() => m,
+                        };
+                        let Some(msg) = msg else { break };
+                        match msg
+                            .get_payload::<String>()
+                            .ok()
+                            .as_deref()
+                            .and_then(local::parse_message)
+                        {
+                            Some((id, generation)) => local.invalidate(id, generation),
+                            // Unreadable: be safe, forget everything.
+                            None => local.reset(true),
+                        }
+                    }
+                    local.reset(false);
+                    if !stop.is_cancelled() {
+                        tracing::warn!("cache invalidation channel lost: in-process cache off until it is back");
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "cache invalidation channel unavailable"),
+                Err(_) => tracing::debug!("cache invalidation channel: subscribe timed out"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Whether reads are served in process (the listener is subscribed);
+    /// `None` when there is no in-process tier.
+    pub fn local_live(&self) -> Option<bool> {
+        self.inner
+            .as_ref()
+            .and_then(|i| i.local.as_ref())
+            .map(|l| l.is_live())
+    }
+
     /// Stores `ctx` unless the cache already holds a newer generation.
     pub async fn put_context(&self, ctx: &Context) {
         let Some(inner) = &self.inner else { return };
@@ -154,23 +259,32 @@ impl Cache {
             let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
             ttl = ttl.min(left.max(Duration::from_millis(1)));
         }
-        inner
+        let epoch = inner.local.as_deref().map(Local::epoch);
+        if inner
             .put(ctx.id, ctx.generation(), &json, ttl, "put_context")
-            .await;
+            .await
+        {
+            if let (Some(l), Some(e)) = (inner.local.as_deref(), epoch) {
+                let mut local = ctx.clone();
+                local.embedding = None;
+                l.offer(e, ctx.id, Entry::Value(ctx.generation(), Arc::new(local)));
+            }
+        }
     }
 
     /// Marks a context deleted at `generation` (`None`: removed for good).
     pub async fn put_tombstone(&self, id: ContextId, generation: Option<i64>) {
         let Some(inner) = &self.inner else { return };
-        inner
-            .put(
-                id,
-                generation.unwrap_or(GONE),
-                TOMBSTONE,
-                inner.ttl,
-                "put_tombstone",
-            )
-            .await;
+        let generation = generation.unwrap_or(GONE);
+        let epoch = inner.local.as_deref().map(Local::epoch);
+        if inner
+            .put(id, generation, TOMBSTONE, inner.ttl, "put_tombstone")
+            .await
+        {
+            if let (Some(l), Some(e)) = (inner.local.as_deref(), epoch) {
+                l.offer(e, id, Entry::Gone(generation));
+            }
+        }
     }
 
     pub async fn get_embedding(&self, model: &str, text: &str) -> Option<Vec<f32>> {
@@ -272,6 +386,8 @@ impl Inner {
         }
     }
 
+    /// Stores the entry unless Redis holds the same or a newer generation;
+    /// true when it was stored (and announced).
     async fn put(
         &self,
         id: ContextId,
@@ -279,11 +395,12 @@ impl Inner {
         body: &str,
         ttl: Duration,
         op: &'static str,
-    ) {
+    ) -> bool {
         let key = self.context_key(id);
         let ms = ttl.as_millis().max(1) as u64;
         let body = body.to_owned();
         let script = &self.put_script;
+        let channel = &self.channel;
         let res = self
             .run(|mut c| async move {
                 script
@@ -291,26 +408,35 @@ impl Inner {
                     .arg(generation)
                     .arg(body)
                     .arg(ms)
+                    .arg(channel)
+                    .arg(format!("{} {generation}", id.0))
                     .invoke_async::<i64>(&mut c)
                     .await
             })
             .await;
-        if let Err(e) = res {
-            failed(op, &e);
+        match res {
+            Ok(stored) => stored == 1,
+            Err(e) => {
+                failed(op, &e);
+                false
+            }
         }
     }
 }
 
-/// `version|json`, or `version|` for a tombstone.
-fn decode(s: &str) -> Result<Option<Context>, CacheError> {
-    let (_, body) = s
+/// `generation|json`, or `generation|` for a tombstone.
+fn decode(s: &str) -> Result<(i64, Option<Context>), CacheError> {
+    let (generation, body) = s
         .split_once('|')
         .ok_or_else(|| CacheError::Corrupt("no generation prefix".into()))?;
+    let generation = generation
+        .parse()
+        .map_err(|_| CacheError::Corrupt("generation is not a number".into()))?;
     if body == TOMBSTONE {
-        return Ok(None);
+        return Ok((generation, None));
     }
     serde_json::from_str(body)
-        .map(Some)
+        .map(|c| (generation, Some(c)))
         .map_err(|e| CacheError::Corrupt(e.to_string()))
 }
 

@@ -45,6 +45,14 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
         CacheHealth::Disabled => "disabled",
     };
     checks.insert("redis", json!(redis));
+    // Reported, never required: without its invalidation channel the
+    // in-process tier is bypassed and reads go to Redis.
+    let local = match contexts.cache.local_live() {
+        None => "disabled",
+        Some(true) => "live",
+        Some(false) => "off",
+    };
+    checks.insert("cache_local", json!(local));
     let embeddings = match contexts.embedder.state() {
         EmbedderState::Unknown => json!("not contacted yet"),
         EmbedderState::Ready { model } => json!({"status": "ok", "model": model}),

@@ -142,3 +142,91 @@ async fn query_embeddings_are_cached_by_model_and_text() {
     let b: Value = second.json().await.unwrap();
     assert_eq!(a["results"], b["results"]);
 }
+
+/// Waits until the instance's in-process tier follows the invalidation channel.
+async fn local_tier_live(app: &crate::helpers::TestApp) {
+    crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+        (app.ready_json().await["checks"]["cache_local"] == "live").then_some(())
+    })
+    .await;
+}
+
+/// Replaces the Redis entry behind the services' backs, same generation.
+async fn tamper(app: &crate::helpers::TestApp, id: &str) {
+    let mut redis = app.redis().await;
+    let key = format!("{}ctx:{id}", app.prefix);
+    let raw: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (generation, body) = raw.split_once('|').unwrap();
+    let mut ctx: Value = serde_json::from_str(body).unwrap();
+    ctx["metadata"] = json!({"tampered": true});
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(format!("{generation}|{ctx}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reads_are_served_in_process_and_writes_elsewhere_invalidate_them() {
+    let a = spawn_app().await;
+    let b = a.sibling().await;
+    local_tier_live(&a).await;
+    local_tier_live(&b).await;
+    let c = a
+        .create(
+            a.alice.id,
+            json!({"content": {"text": "hot"}, "metadata": {"v": 1}}),
+        )
+        .await;
+    let id = c["id"].as_str().unwrap();
+    assert_eq!(metadata_of(&b, id).await, json!({"v": 1}));
+
+    // Redis changes behind both instances' backs: they keep serving what
+    // they hold in process, which is what proves the in-process tier.
+    tamper(&a, id).await;
+    assert_eq!(metadata_of(&a, id).await, json!({"v": 1}));
+    assert_eq!(metadata_of(&b, id).await, json!({"v": 1}));
+
+    // A write through A reaches B's process before the client can ask B.
+    for v in 2..=6 {
+        let resp = a
+            .req(Method::PATCH, &format!("/contexts/{id}"))
+            .json(&json!({"metadata": {"v": v}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(metadata_of(&b, id).await, json!({"v": v}));
+    }
+    let resp = b
+        .req(Method::DELETE, &format!("/contexts/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_problem(a.get(id).await, 404).await;
+}
+
+#[tokio::test]
+async fn local_cache_entries_zero_turns_the_in_process_tier_off() {
+    let app = crate::helpers::spawn_app_with(
+        crate::helpers::Options::default().set("local_cache_entries", 0),
+    )
+    .await;
+    assert_eq!(app.ready_json().await["checks"]["cache_local"], "disabled");
+    let c = app
+        .create(
+            app.alice.id,
+            json!({"content": {"text": "cold"}, "metadata": {"v": 1}}),
+        )
+        .await;
+    let id = c["id"].as_str().unwrap();
+    assert_eq!(metadata_of(&app, id).await, json!({"v": 1}));
+    tamper(&app, id).await;
+    assert_eq!(metadata_of(&app, id).await, json!({"tampered": true}));
+}
