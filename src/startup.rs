@@ -140,8 +140,10 @@ impl App {
         ));
         tasks.spawn(watch_embedder(contexts.clone(), stop.clone()));
         {
-            let (cache, stop) = (contexts.cache.clone(), stop.clone());
-            tasks.spawn(async move { cache.listen(stop).await });
+            let (cache, token) = (contexts.cache.clone(), stop.clone());
+            tasks.spawn(async move { cache.listen(token).await });
+            let (cache, token) = (contexts.cache.clone(), stop.clone());
+            tasks.spawn(async move { cache.publish_barriers(token).await });
         }
 
         let admission = Admission::new(

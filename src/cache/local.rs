@@ -11,16 +11,21 @@
 //! listener is back, since messages may have been missed. A reader that
 //! started before such a reset cannot insert after it (the epoch check).
 //!
-//! Staleness is bounded by the delivery of one pub/sub message: Redis sends it
-//! to every subscriber before the writer's request is answered, so a client
-//! that reads from B after its write through A returned sees the write unless
-//! B has not yet read a message already in its socket.
+//! Read-after-write across instances is strict, through a read barrier: a
+//! read served in process first waits until this instance has seen its own
+//! `barrier` message come back on the channel, published after the read
+//! arrived. A write acknowledged by another instance published its
+//! invalidation before that, and one subscriber receives the channel's
+//! messages in order, so the invalidation has been applied by then. One
+//! barrier round trip serves every read that arrived before it was sent, so
+//! under load a barrier costs far less than a Redis GET per read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use moka::ops::compute::Op;
+use tokio::sync::{watch, Notify};
 
 use crate::domain::{Context, ContextId};
 
@@ -44,6 +49,79 @@ pub struct Local {
     map: moka::sync::Cache<ContextId, Entry>,
     live: AtomicBool,
     epoch: AtomicU64,
+    pub barrier: Barrier,
+}
+
+/// Read barriers: numbered messages this instance publishes on the channel
+/// and waits to see come back.
+pub struct Barrier {
+    /// Names this instance's barriers on the shared channel.
+    pub instance: String,
+    /// The number the next published barrier will carry.
+    next: AtomicU64,
+    /// The highest number some reader waits for.
+    wanted: AtomicU64,
+    /// The highest number seen back on the channel.
+    seen: watch::Sender<u64>,
+    /// Wakes the publisher.
+    pub wake: Notify,
+}
+
+impl Barrier {
+    fn new() -> Self {
+        Self {
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            next: AtomicU64::new(1),
+            wanted: AtomicU64::new(0),
+            seen: watch::channel(0).0,
+            wake: Notify::new(),
+        }
+    }
+
+    /// Waits for a barrier published after this call to come back; false on
+    /// timeout (the caller then reads Redis instead).
+    pub async fn pass(&self, timeout: Duration) -> bool {
+        // Any barrier numbered `target` or higher is published after this load.
+        let target = self.next.load(Ordering::SeqCst);
+        self.wanted.fetch_max(target, Ordering::SeqCst);
+        self.wake.notify_one();
+        let mut seen = self.seen.subscribe();
+        tokio::time::timeout(timeout, seen.wait_for(|s| *s >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The publisher's next number, once a reader wants it.
+    pub fn take_wanted(&self) -> Option<u64> {
+        let next = self.next.load(Ordering::SeqCst);
+        (self.wanted.load(Ordering::SeqCst) >= next)
+            .then(|| self.next.fetch_add(1, Ordering::SeqCst))
+    }
+
+    /// Waits until barrier `n` came back, or the timeout.
+    pub async fn returned(&self, n: u64, timeout: Duration) {
+        let mut seen = self.seen.subscribe();
+        let _ = tokio::time::timeout(timeout, seen.wait_for(|s| *s >= n)).await;
+    }
+
+    fn saw(&self, n: u64) {
+        self.seen.send_if_modified(|s| {
+            let newer = n > *s;
+            if newer {
+                *s = n;
+            }
+            newer
+        });
+    }
+}
+
+/// What arrives on the channel.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// `<uuid> <generation>`: the put script stored a newer entry.
+    Invalidate(ContextId, i64),
+    /// `barrier <instance> <n>`.
+    Barrier(&'a str, u64),
 }
 
 impl Local {
@@ -55,6 +133,7 @@ impl Local {
                 .build(),
             live: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
+            barrier: Barrier::new(),
         })
     }
 
@@ -111,12 +190,28 @@ impl Local {
     pub fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
     }
+
+    /// Applies one message from the channel; false when it is unreadable.
+    pub fn apply(&self, payload: &str) -> bool {
+        match parse_message(payload) {
+            Some(Message::Invalidate(id, generation)) => self.invalidate(id, generation),
+            Some(Message::Barrier(instance, n)) if instance == self.barrier.instance => {
+                self.barrier.saw(n)
+            }
+            Some(Message::Barrier(..)) => {}
+            None => return false,
+        }
+        true
+    }
 }
 
-/// `<uuid> <generation>`, as the put script publishes it.
-pub fn parse_message(payload: &str) -> Option<(ContextId, i64)> {
+pub fn parse_message(payload: &str) -> Option<Message<'_>> {
+    if let Some(rest) = payload.strip_prefix("barrier ") {
+        let (instance, n) = rest.split_once(' ')?;
+        return Some(Message::Barrier(instance, n.parse().ok()?));
+    }
     let (id, generation) = payload.split_once(' ')?;
-    Some((
+    Some(Message::Invalidate(
         ContextId(uuid::Uuid::try_parse(id).ok()?),
         generation.parse().ok()?,
     ))
@@ -186,8 +281,41 @@ mod tests {
     #[test]
     fn messages_parse() {
         let id = ContextId::new();
-        assert_eq!(parse_message(&format!("{} 7", id.0)), Some((id, 7)));
+        assert_eq!(
+            parse_message(&format!("{} 7", id.0)),
+            Some(Message::Invalidate(id, 7))
+        );
+        assert_eq!(
+            parse_message("barrier abc 12"),
+            Some(Message::Barrier("abc", 12))
+        );
         assert_eq!(parse_message("nope"), None);
         assert_eq!(parse_message("x 7"), None);
+        assert_eq!(parse_message("barrier abc x"), None);
+    }
+
+    #[tokio::test]
+    async fn a_reader_passes_only_a_barrier_published_after_it_arrived() {
+        let local = Local::new(10, Duration::from_secs(60));
+        let b = &local.barrier;
+        assert_eq!(b.take_wanted(), None, "nobody waits");
+        // Barrier 1 is taken (about to be published) before the reader comes.
+        b.wanted.store(1, Ordering::SeqCst);
+        assert_eq!(b.take_wanted(), Some(1));
+        let reader = b.pass(Duration::from_millis(300));
+        tokio::pin!(reader);
+        tokio::select! {
+            _ = &mut reader => panic!("passed with no barrier back"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        local.apply(&format!("barrier {} 1", b.instance));
+        tokio::select! {
+            _ = &mut reader => panic!("passed on a barrier sent before it arrived"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        assert_eq!(b.take_wanted(), Some(2));
+        local.apply("barrier someone-else 2");
+        local.apply(&format!("barrier {} 2", b.instance));
+        assert!(reader.await, "passed once its barrier came back");
     }
 }

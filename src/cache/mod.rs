@@ -140,16 +140,23 @@ impl Cache {
             return Lookup::Miss;
         };
         let local = inner.local.as_deref();
-        match local.and_then(|l| l.get(id)) {
-            Some(Entry::Value(_, ctx)) => {
-                metrics::counter!("cache_hits_total", "kind" => "context_local").increment(1);
-                return Lookup::Hit(Box::new(Context::clone(&ctx)));
+        if let Some(l) = local.filter(|l| l.get(id).is_some()) {
+            // Every write acknowledged before this read is applied past the barrier.
+            if l.barrier.pass(inner.op_timeout).await {
+                match l.get(id) {
+                    Some(Entry::Value(_, ctx)) => {
+                        metrics::counter!("cache_hits_total", "kind" => "context_local")
+                            .increment(1);
+                        return Lookup::Hit(Box::new(Context::clone(&ctx)));
+                    }
+                    Some(Entry::Gone(_)) => {
+                        metrics::counter!("cache_hits_total", "kind" => "context_local")
+                            .increment(1);
+                        return Lookup::Gone;
+                    }
+                    Some(Entry::Newer(_)) | None => {}
+                }
             }
-            Some(Entry::Gone(_)) => {
-                metrics::counter!("cache_hits_total", "kind" => "context_local").increment(1);
-                return Lookup::Gone;
-            }
-            Some(Entry::Newer(_)) | None => {}
         }
         let epoch = local.map(Local::epoch);
         let key = inner.context_key(id);
@@ -213,15 +220,12 @@ impl Cache {
                             m = messages.next() => m,
                         };
                         let Some(msg) = msg else { break };
-                        match msg
+                        let readable = msg
                             .get_payload::<String>()
-                            .ok()
-                            .as_deref()
-                            .and_then(local::parse_message)
-                        {
-                            Some((id, generation)) => local.invalidate(id, generation),
-                            // Unreadable: be safe, forget everything.
-                            None => local.reset(true),
+                            .is_ok_and(|payload| local.apply(&payload));
+                        if !readable {
+                            // Be safe: forget everything.
+                            local.reset(true);
                         }
                     }
                     local.reset(false);
@@ -237,6 +241,37 @@ impl Cache {
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Publishes read barriers as readers ask for them, one in flight at a
+    /// time, until `stop` (see [`local`]).
+    pub async fn publish_barriers(&self, stop: CancellationToken) {
+        let Some(inner) = &self.inner else { return };
+        let Some(local) = inner.local.clone() else {
+            return;
+        };
+        let barrier = &local.barrier;
+        loop {
+            let Some(n) = barrier.take_wanted() else {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = barrier.wake.notified() => continue,
+                }
+            };
+            let channel = inner.channel.clone();
+            let message = format!("barrier {} {n}", barrier.instance);
+            let published = inner
+                .run(|mut c| async move { c.publish::<_, _, i64>(channel, message).await })
+                .await;
+            match published {
+                Ok(_) => barrier.returned(n, inner.op_timeout).await,
+                Err(e) => {
+                    failed("publish_barrier", &e);
+                    // Readers time out and read Redis; do not spin meanwhile.
+                    tokio::time::sleep(inner.op_timeout).await;
+                }
+            }
         }
     }
 

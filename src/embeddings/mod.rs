@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 
 use crate::config::{EmbeddingProvider, EmbeddingSettings};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EmbedError {
     /// Not reachable, timed out, overloaded or failing: try again later.
     #[error("embedding service unavailable: {0}")]
@@ -112,7 +112,16 @@ pub struct Embedder {
     info: Arc<Mutex<Option<Info>>>,
     state: Arc<std::sync::Mutex<EmbedderState>>,
     last_failure: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Single texts go through here to the TEI provider, coalesced into batches.
+    coalescer: Option<mpsc::Sender<Job>>,
 }
+
+/// One text waiting for its vector.
+type Job = (String, oneshot::Sender<Result<Vec<f32>, EmbedError>>);
+
+/// Batches sent to the provider at once; while they are all in flight, single
+/// texts queue up and go out together in the next batch.
+const MAX_IN_FLIGHT: usize = 4;
 
 /// After a failed contact, callers fail fast for this long instead of queueing
 /// behind one another on a service that is down.
@@ -147,14 +156,21 @@ impl Embedder {
                 unreachable!("config refuses local without the feature")
             }
         };
-        Ok(Self {
+        let coalesce = matches!(client, Provider::Tei(_));
+        let mut embedder = Self {
             client,
             dim: settings.dim,
             batch_size: settings.batch_size,
             info: Arc::new(Mutex::new(None)),
             state: Arc::new(std::sync::Mutex::new(EmbedderState::Unknown)),
             last_failure: Arc::new(std::sync::Mutex::new(None)),
-        })
+            coalescer: None,
+        };
+        // The local model has a queue of its own that batches concurrent calls.
+        if coalesce {
+            embedder.coalescer = Some(start_coalescer(embedder.clone()));
+        }
+        Ok(embedder)
     }
 
     pub fn state(&self) -> EmbedderState {
@@ -304,8 +320,75 @@ impl Embedder {
         self.info().await.map(|_| ())
     }
 
+    /// One text's vector. Concurrent callers share provider calls: their texts
+    /// are coalesced into batches (see [`start_coalescer`]).
     pub async fn embed_one(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
-        let mut v = self.embed(&[text.to_owned()]).await?;
-        Ok(v.pop().expect("embed returns one vector per text"))
+        let Some(queue) = &self.coalescer else {
+            let mut v = self.embed(&[text.to_owned()]).await?;
+            return Ok(v.pop().expect("embed returns one vector per text"));
+        };
+        let gone = || EmbedError::Unavailable("the embedding queue stopped".into());
+        let (tx, rx) = oneshot::channel();
+        queue
+            .send((text.to_owned(), tx))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
+
+    /// Embeds a coalesced batch and answers each caller. When the provider
+    /// refuses the batch, each text is retried alone, so that one bad input
+    /// fails only its own caller.
+    async fn run_jobs(&self, jobs: Vec<Job>) {
+        let texts: Vec<String> = jobs.iter().map(|(t, _)| t.clone()).collect();
+        metrics::histogram!("embedding_coalesced_batch_size").record(texts.len() as f64);
+        match self.embed(&texts).await {
+            Ok(vectors) => {
+                for ((_, reply), v) in jobs.into_iter().zip(vectors) {
+                    let _ = reply.send(Ok(v));
+                }
+            }
+            Err(EmbedError::Rejected(_)) if jobs.len() > 1 => {
+                for (text, reply) in jobs {
+                    let one = self.embed(std::slice::from_ref(&text)).await;
+                    let _ = reply.send(one.map(|mut v| v.pop().expect("one vector per text")));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in jobs {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Starts the task that turns single texts into provider batches: it takes the
+/// first waiting text, waits for one of [`MAX_IN_FLIGHT`] slots, then adds
+/// whatever else is waiting, up to the batch size. Under light load every text
+/// goes out at once; under heavy load batches fill while the slots are busy.
+/// The task ends when the last [`Embedder`] holding the queue is dropped.
+fn start_coalescer(direct: Embedder) -> mpsc::Sender<Job> {
+    let (tx, mut rx) = mpsc::channel::<Job>(1024);
+    tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        while let Some(first) = rx.recv().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < direct.batch_size {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let embedder = direct.clone();
+            tokio::spawn(async move {
+                embedder.run_jobs(jobs).await;
+                drop(slot);
+            });
+        }
+    });
+    tx
 }

@@ -152,3 +152,27 @@ async fn a_batch_holds_one_to_a_thousand_items_and_needs_a_key() {
         .unwrap();
     assert_problem(resp, 401).await;
 }
+
+#[tokio::test]
+async fn concurrent_single_creates_share_provider_calls() {
+    let app = spawn_app().await;
+    app.create(app.alice.id, json!({"content": {"text": "warm up"}}))
+        .await;
+    // A slow provider, as a real model server under load is.
+    app.tei.set_delay(std::time::Duration::from_millis(200));
+    let before = app.tei.embed_calls();
+    let creates = (0..24).map(|i| {
+        app.req(Method::POST, "/contexts")
+            .json(&json!({"user_id": app.alice.id, "context_type": "note", "content": {"text": format!("memory {i}")}}))
+            .send()
+    });
+    for resp in futures_util::future::join_all(creates).await {
+        let body: Value = resp.unwrap().json().await.unwrap();
+        assert_eq!(body["embedding_status"], "ready", "{body}");
+    }
+    let calls = app.tei.embed_calls() - before;
+    assert!(
+        calls <= 12,
+        "24 concurrent texts took {calls} provider calls"
+    );
+}
