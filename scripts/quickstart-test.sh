@@ -58,7 +58,7 @@ for _ in $(seq 1 60); do
 done
 kill -0 "$leader" 2>/dev/null && { tail -20 "$log" >&2; fail "quickstart.sh still running 30 s after Ctrl-C"; }
 wait "$leader" || fail "quickstart.sh exited non-zero after Ctrl-C: $(tail -5 "$log")"
-left=$(pgrep -f "target/debug/context-api serve|$REPO/.services" || true)
+left=$(pgrep -f "target/(debug|release)/context-api serve|$REPO/.services" || true)
 [[ -z "$left" ]] || fail "processes left behind: $(ps -o pid,args -p "${left//$'\n'/,}")"
 grep -q "shutdown complete" "$log" || fail "the service did not shut down gracefully"
 

@@ -59,9 +59,11 @@ export API_KEYS="admin:$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
 export BIND_ADDRESS="127.0.0.1:$PORT" LOG_FORMAT="${LOG_FORMAT:-pretty}" SHUTDOWN_TIMEOUT_SECONDS="${SHUTDOWN_TIMEOUT_SECONDS:-10}"
 export CACHE_KEY_PREFIX="${CACHE_KEY_PREFIX:-quickstart:}"
 
-say "building context-api (the first build takes a few minutes)"
-cargo build --quiet --bin context-api
-BIN=target/debug/context-api
+# The release build: the in-process model runs 2 to 3 times faster than in the
+# dev build, so what you see here is what production gives.
+say "building context-api in release mode (the first build takes several minutes)"
+cargo build --quiet --release --bin context-api
+BIN=target/release/context-api
 "$BIN" migrate
 
 cat >&2 <<MSG
