@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::embeddings::{Embedder, EmbedderState};
 use crate::routes::{self, Admission};
 use crate::service::Contexts;
-use crate::state::{AppState, AuthState, Lifecycle};
+use crate::state::{AppState, AuthState, Lifecycle, Shared};
 use crate::store::{self, Store, StoreError};
 use crate::{telemetry, workers};
 
@@ -89,7 +89,7 @@ impl App {
             pending: Arc::new(Notify::new()),
             inline_embed_timeout: settings.embeddings.timeout,
         };
-        let state = AppState {
+        let state = AppState::new(Shared {
             contexts,
             auth: AuthState {
                 keys: settings.auth.keys.clone().map(Arc::new),
@@ -97,7 +97,7 @@ impl App {
             lifecycle: Lifecycle::default(),
             metrics,
             redis_optional: settings.redis.optional,
-        };
+        });
         Ok(Self {
             listener,
             state,

@@ -98,12 +98,6 @@ impl Barrier {
             .then(|| self.next.fetch_add(1, Ordering::SeqCst))
     }
 
-    /// Waits until barrier `n` came back, or the timeout.
-    pub async fn returned(&self, n: u64, timeout: Duration) {
-        let mut seen = self.seen.subscribe();
-        let _ = tokio::time::timeout(timeout, seen.wait_for(|s| *s >= n)).await;
-    }
-
     fn saw(&self, n: u64) {
         self.seen.send_if_modified(|s| {
             let newer = n > *s;

@@ -244,8 +244,8 @@ impl Cache {
         }
     }
 
-    /// Publishes read barriers as readers ask for them, one in flight at a
-    /// time, until `stop` (see [`local`]).
+    /// Publishes read barriers as readers ask for them, one PUBLISH in flight
+    /// at a time, until `stop` (see [`local`]).
     pub async fn publish_barriers(&self, stop: CancellationToken) {
         let Some(inner) = &self.inner else { return };
         let Some(local) = inner.local.clone() else {
@@ -265,7 +265,9 @@ impl Cache {
                 .run(|mut c| async move { c.publish::<_, _, i64>(channel, message).await })
                 .await;
             match published {
-                Ok(_) => barrier.returned(n, inner.op_timeout).await,
+                // The next barrier may go out at once: readers that arrived while
+                // this PUBLISH was in flight wait for that one.
+                Ok(_) => {}
                 Err(e) => {
                     failed("publish_barrier", &e);
                     // Readers time out and read Redis; do not spin meanwhile.
