@@ -255,8 +255,10 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchCreateRequest {
-    /// Each item is a create body; read one by one so that a bad item fails alone.
-    items: Vec<Value>,
+    /// Each item is a create body, kept as its raw JSON text and read one by
+    /// one: a bad item fails alone, and no JSON tree of the whole batch (1,000
+    /// vectors as `Value` numbers: tens of MB) is ever built.
+    items: Vec<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -307,7 +309,7 @@ pub async fn create_contexts(
     let mut slots: Vec<Option<BatchItemResult>> = Vec::with_capacity(n);
     let mut valid = Vec::with_capacity(n);
     for (i, item) in body.items.into_iter().enumerate() {
-        let parsed = serde_json::from_value::<CreateContextRequest>(item)
+        let parsed = serde_json::from_str::<CreateContextRequest>(item.get())
             .map_err(|e| ApiError::Validation(format!("items[{i}]: {e}")))
             .and_then(|req| {
                 req.parse(scope, dim)
