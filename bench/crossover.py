@@ -78,7 +78,7 @@ def seed(conn: psycopg.Connection, others: int) -> list[tuple[int, str]]:
                        l2_normalize((SELECT array_agg(x + ((random() - 0.5) * 0.4)::real)
                                      FROM unnest(cent.v) x)::vector),
                        repeat('a memory of realistic length ', 10), 'ready', '{{}}'::jsonb
-                FROM generate_series(1, %s) i JOIN cent ON cent.c = (i * 37 + length(%s::text)) % 100""",
+                FROM generate_series(1, %s) i JOIN cent ON cent.c = (i * 37 + length(%s::text)) %% 100""",
                         (uid, n, uid))
             if label is None:
                 users.append((n, uid))
@@ -129,7 +129,9 @@ def main() -> None:
         c.execute(f"DROP DATABASE IF EXISTS {db}")
         c.execute(f"CREATE DATABASE {db}")
     url = with_db(admin, db)
-    env = dict(os.environ, DATABASE_URL=url, EMBEDDING_DIM=str(DIM))
+    # migrate validates the whole configuration today: give it a key and a provider it will not use.
+    env = dict(os.environ, DATABASE_URL=url, EMBEDDING_DIM=str(DIM), API_KEYS="admin:" + "0" * 64,
+               EMBEDDING_SERVICE_URL="http://127.0.0.1:9")
     subprocess.run([binary(), "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
