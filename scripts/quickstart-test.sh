@@ -25,12 +25,13 @@ cleanup() {
 }
 trap 'cleanup; rm -f "$log" "$out" "$walk"' EXIT
 
-for _ in $(seq 1 600); do
+# Up to 20 minutes: a cold release build comes first.
+for _ in $(seq 1 1200); do
     curl -sf -o /dev/null http://127.0.0.1:8000/ready && break
     kill -0 "$leader" 2>/dev/null || { cat "$log" >&2; fail "quickstart.sh exited before the service was ready"; }
     sleep 1
 done
-curl -sf -o /dev/null http://127.0.0.1:8000/ready || { tail -50 "$log" >&2; fail "not ready after 10 minutes"; }
+curl -sf -o /dev/null http://127.0.0.1:8000/ready || { tail -50 "$log" >&2; fail "not ready after 20 minutes"; }
 grep -q "admin API key:" "$log" || fail "the quick start did not print the API key"
 
 # The walkthrough, verbatim from the README.
