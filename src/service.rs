@@ -117,29 +117,11 @@ impl Contexts {
             return;
         }
         let texts: Vec<String> = missing.iter().map(|&i| items[i].text.clone()).collect();
-        let result =
-            tokio::time::timeout(self.inline_embed_timeout, self.embedder.embed(&texts)).await;
-        let vectors = match result {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, items = texts.len(), "batch embedding deferred: stored pending");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(
-                    items = texts.len(),
-                    "batch embedding timed out: stored pending"
-                );
-                return;
-            }
-        };
+        let vectors = self
+            .bounded_embeddings(texts.len(), self.embedder.embed(&texts))
+            .await;
         for (i, v) in missing.into_iter().zip(vectors) {
-            match Embedding::parse("embedding", v, self.store.dim()) {
-                Ok(e) => items[i].embedding = Some(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, "embedding service returned an unusable vector")
-                }
-            }
+            items[i].embedding = v;
         }
     }
 
@@ -342,23 +324,35 @@ impl Contexts {
     /// An embedding for a write, or `None` (the row is then stored pending and
     /// the worker fills it later): a write never fails because TEI is down.
     async fn try_embed(&self, text: &str) -> Option<Embedding> {
-        let result =
-            tokio::time::timeout(self.inline_embed_timeout, self.embedder.embed_one(text)).await;
-        match result {
-            Ok(Ok(v)) => match Embedding::parse("embedding", v, self.store.dim()) {
-                Ok(e) => Some(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, "embedding service returned an unusable vector");
-                    None
-                }
-            },
+        let one = async { self.embedder.embed_one(text).await.map(|v| vec![v]) };
+        self.bounded_embeddings(1, one).await.pop().flatten()
+    }
+
+    /// The `n` vectors `call` gives within the inline timeout, each checked
+    /// against the dimension; `None` for each that is missing or unusable.
+    async fn bounded_embeddings(
+        &self,
+        n: usize,
+        call: impl std::future::Future<Output = Result<Vec<Vec<f32>>, EmbedError>>,
+    ) -> Vec<Option<Embedding>> {
+        match tokio::time::timeout(self.inline_embed_timeout, call).await {
+            Ok(Ok(vectors)) => vectors
+                .into_iter()
+                .map(|v| {
+                    Embedding::parse("embedding", v, self.store.dim())
+                        .map_err(|e| {
+                            tracing::warn!(error = %e, "embedding service returned an unusable vector")
+                        })
+                        .ok()
+                })
+                .collect(),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "embedding deferred: stored pending");
-                None
+                tracing::warn!(error = %e, items = n, "embedding deferred: stored pending");
+                vec![None; n]
             }
             Err(_) => {
-                tracing::warn!("embedding timed out: stored pending");
-                None
+                tracing::warn!(items = n, "embedding timed out: stored pending");
+                vec![None; n]
             }
         }
     }

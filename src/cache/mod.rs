@@ -140,7 +140,10 @@ impl Cache {
             return Lookup::Miss;
         };
         let local = inner.local.as_deref();
-        if let Some(l) = local.filter(|l| l.get(id).is_some()) {
+        // Only an entry that can answer is worth a barrier: a `Newer` marker
+        // sends the read to Redis at once.
+        let answerable = |l: &&Local| matches!(l.get(id), Some(Entry::Value(..) | Entry::Gone(_)));
+        if let Some(l) = local.filter(answerable) {
             // Every write acknowledged before this read is applied past the barrier.
             if l.barrier.pass(inner.op_timeout).await {
                 match l.get(id) {

@@ -310,11 +310,9 @@ pub async fn create_contexts(
     let mut valid = Vec::with_capacity(n);
     for (i, item) in body.items.into_iter().enumerate() {
         let parsed = serde_json::from_str::<CreateContextRequest>(item.get())
-            .map_err(|e| ApiError::Validation(format!("items[{i}]: {e}")))
-            .and_then(|req| {
-                req.parse(scope, dim)
-                    .map_err(|e| ApiError::Validation(format!("items[{i}]: {e}")))
-            });
+            .map_err(|e| e.to_string())
+            .and_then(|req| req.parse(scope, dim).map_err(|e| e.to_string()))
+            .map_err(|e| ApiError::Validation(format!("items[{i}]: {e}")));
         match parsed {
             Ok(new) => {
                 slots.push(None);
@@ -328,14 +326,13 @@ pub async fn create_contexts(
         .into_iter()
         .map(|slot| match slot {
             Some(failed) => failed,
-            None => match stored.next() {
-                Some(Ok(ctx)) => BatchItemResult {
+            None => match stored.next().expect("create_many answers every item") {
+                Ok(ctx) => BatchItemResult {
                     status: StatusCode::CREATED.as_u16(),
                     context: Some(ctx.into()),
                     problem: None,
                 },
-                Some(Err(e)) => BatchItemResult::failed(e.into()),
-                None => BatchItemResult::failed(ApiError::Internal("batch result missing".into())),
+                Err(e) => BatchItemResult::failed(e.into()),
             },
         })
         .collect();

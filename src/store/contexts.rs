@@ -91,11 +91,6 @@ const VISIBLE: &str = "is_active AND (expires_at IS NULL OR expires_at > now())"
 
 impl Store {
     pub async fn insert(&self, c: &NewContext) -> Result<Context, StoreError> {
-        let status = if c.embedding.is_some() {
-            EmbeddingStatus::Ready
-        } else {
-            EmbeddingStatus::Pending
-        };
         let row: Row = sqlx::query_as(&format!(
             "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at, embedding_text,
                                    embedding, embedding_status)
@@ -109,8 +104,8 @@ impl Store {
         .bind(Json(&c.metadata))
         .bind(c.expires_at)
         .bind(&c.text)
-        .bind(c.embedding.as_ref().map(|e| Vector::from(e.as_slice().to_vec())))
-        .bind(status.as_str())
+        .bind(vector_of(c))
+        .bind(status_of(c).as_str())
         .fetch_one(&self.pool)
         .await?;
         Ok(row.into())
@@ -143,19 +138,8 @@ impl Store {
             metadata.push(Json(&c.metadata));
             expiries.push(c.expires_at);
             texts.push(c.text.as_str());
-            vectors.push(
-                c.embedding
-                    .as_ref()
-                    .map(|e| Vector::from(e.as_slice().to_vec())),
-            );
-            statuses.push(
-                if c.embedding.is_some() {
-                    EmbeddingStatus::Ready
-                } else {
-                    EmbeddingStatus::Pending
-                }
-                .as_str(),
-            );
+            vectors.push(vector_of(c));
+            statuses.push(status_of(c).as_str());
         }
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at, embedding_text,
@@ -422,6 +406,22 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(Some(ids.into_iter().map(ContextId).collect()))
+    }
+}
+
+/// A new row's vector, as bound.
+fn vector_of(c: &NewContext) -> Option<Vector> {
+    c.embedding
+        .as_ref()
+        .map(|e| Vector::from(e.as_slice().to_vec()))
+}
+
+/// A new row is ready when it comes with its vector.
+fn status_of(c: &NewContext) -> EmbeddingStatus {
+    if c.embedding.is_some() {
+        EmbeddingStatus::Ready
+    } else {
+        EmbeddingStatus::Pending
     }
 }
 
