@@ -1,6 +1,8 @@
 //! A TEI-compatible stand-in: the same /info, /embed and /health shapes as
 //! text-embeddings-inference, deterministic vectors, and switches for failures,
-//! delays and a wrong dimension.
+//! delays and a wrong dimension. The integration tests start it in process
+//! ([`TeiStub::start`]); the `tei-stub` binary serves it for development, the
+//! benchmark and the container stack.
 //!
 //! Vectors are a normalized bag of words: each lower-cased word adds 1 to a
 //! bucket chosen by its hash (plus a smaller weight to a second bucket), so
@@ -46,6 +48,7 @@ pub struct TeiStub {
     pub switches: Arc<Switches>,
     dim: usize,
     max_batch: usize,
+    model_id: Arc<str>,
 }
 
 #[derive(Deserialize)]
@@ -61,16 +64,28 @@ struct EmbedRequest {
 }
 
 impl TeiStub {
+    /// On a free loopback port, in the background (tests).
     pub async fn start(dim: usize, max_batch: usize) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind stub");
-        let addr = listener.local_addr().unwrap();
+        Self::serve(listener, dim, max_batch, MODEL_ID)
+    }
+
+    /// Serves on `listener` in the background.
+    pub fn serve(
+        listener: tokio::net::TcpListener,
+        dim: usize,
+        max_batch: usize,
+        model_id: &str,
+    ) -> Self {
+        let addr = listener.local_addr().expect("a bound listener");
         let stub = TeiStub {
             addr,
             switches: Arc::new(Switches::default()),
             dim,
             max_batch,
+            model_id: model_id.into(),
         };
         let app = Router::new()
             .route("/info", get(info))
@@ -130,7 +145,7 @@ async fn info(State(s): State<TeiStub>) -> Response {
         return unavailable();
     }
     Json(json!({
-        "model_id": MODEL_ID,
+        "model_id": &*s.model_id,
         "model_dtype": "float32",
         "model_type": {"embedding": {"pooling": "mean"}},
         "max_concurrent_requests": 512,
