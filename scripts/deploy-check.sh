@@ -15,19 +15,20 @@
 #     Caddyfile with TLS from Caddy's local CA: security headers, no Server
 #     header, compression, JSON access logs, /metrics refused at the edge,
 #     and no traffic to a replica whose /ready fails;
-#   - a real Prometheus, from the real prometheus.yml and alerts.yml, scrapes
-#     the service and reports the target up with every rule loaded;
+#   - a real Prometheus, from the real prometheus.yml and
+#     deploy/prometheus/alerts.yml, scrapes the service and reports the target
+#     up with every rule loaded;
 #   - every metric the dashboard and the alerts use is exported by the service.
 #
 # Missing tools are installed (scripts/lib/deploy-tools.sh); a tool that cannot
 # be installed fails the check with its name.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+SCRIPT_NAME=deploy-check DIE_PREFIX=FAIL
+# shellcheck source=scripts/lib/deploy-tools.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/deploy-tools.sh"
 cd "$REPO"
 exec </dev/null
-# shellcheck source=scripts/lib/deploy-tools.sh
-source scripts/lib/deploy-tools.sh
 
 MODE="${1:-all}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/deploy-check.XXXXXX")"
@@ -35,16 +36,6 @@ PIDS=()
 DBNAME=""
 
 T0=$SECONDS
-PHASE="" PHASE_T=$SECONDS
-phase() {
-    [[ -n "$PHASE" ]] && printf 'deploy-check: --- %s took %ds\n' "$PHASE" "$((SECONDS - PHASE_T))" >&2
-    PHASE="$1" PHASE_T=$SECONDS
-    [[ -n "$PHASE" ]] && printf 'deploy-check: --- %s\n' "$PHASE" >&2
-    return 0
-}
-log() { printf 'deploy-check: %s\n' "$*" >&2; }
-die() { printf 'deploy-check: FAIL: %s\n' "$*" >&2; exit 1; }
-ok() { printf 'deploy-check: ok: %s\n' "$*" >&2; }
 
 cleanup() {
     local rc=$? pid
@@ -62,19 +53,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_http() { # url seconds [curl args...]
-    local url="$1" n="$2" i; shift 2
-    for i in $(seq 1 $((n * 5))); do
-        curl -sf -o /dev/null "$@" "$url" && return 0
-        sleep 0.2
-    done
-    return 1
-}
-
 # ------------------------------------------------------------------ static --
 compose_checks() {
     local env="$WORK/compose.env"
@@ -90,6 +68,7 @@ DOMAIN=api.example.com
 EOF
     # shellcheck disable=SC2034 # read through the nameref below
     local base=(-f docker-compose.yml) dev=(-f docker-compose.yml -f docker-compose.override.yml)
+    # shellcheck disable=SC2034 # read through the nameref below
     local prod=(-f docker-compose.yml -f docker-compose.prod.yml) name
     for name in base dev prod; do
         local -n files="$name"
@@ -140,8 +119,14 @@ caddy_validate() {
 }
 
 prometheus_checks() {
-    promtool check config deploy/prometheus/prometheus.yml >"$WORK/promtool.log" 2>&1 \
+    # The config as the prod stack mounts it: alerts.yml beside prometheus.yml.
+    local etc="$WORK/etc-prometheus"
+    mkdir -p "$etc"
+    cp prometheus.yml deploy/prometheus/alerts.yml "$etc/"
+    promtool check config "$etc/prometheus.yml" >"$WORK/promtool.log" 2>&1 \
         || { cat "$WORK/promtool.log" >&2; die "promtool check config failed"; }
+    grep -q 'SUCCESS: 1 rule files found' "$WORK/promtool.log" \
+        || { cat "$WORK/promtool.log" >&2; die "promtool check config did not find alerts.yml beside prometheus.yml"; }
     promtool check rules deploy/prometheus/alerts.yml >>"$WORK/promtool.log" 2>&1 \
         || { cat "$WORK/promtool.log" >&2; die "promtool check rules failed"; }
     promtool test rules deploy/prometheus/alerts.test.yml >>"$WORK/promtool.log" 2>&1 \
@@ -189,7 +174,7 @@ static_checks() {
 }
 
 # -------------------------------------------------------------------- live --
-PSQL=""
+PSQL=""   # from `scripts/services.sh env`
 psql_admin() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -At "$TEST_DATABASE_URL" "$@"; }
 
 start_replica() { # name port extra-env...
@@ -197,7 +182,7 @@ start_replica() { # name port extra-env...
     env -i PATH="$PATH" \
         DATABASE_URL="$DB_URL" REDIS_URL="$TEST_REDIS_URL" CACHE_KEY_PREFIX="deploy-check-$$:" \
         EMBEDDING_SERVICE_URL="http://127.0.0.1:$TEI_PORT" EMBEDDING_PROVIDER=tei \
-        API_KEYS="admin:$KEY_HASH" BIND_ADDRESS="127.0.0.1:$port" LOG_FORMAT=json LOG_LEVEL=info \
+        API_KEYS="$API_KEYS" BIND_ADDRESS="127.0.0.1:$port" LOG_FORMAT=json LOG_LEVEL=info \
         "$@" "$BIN" serve >"$WORK/$name.log" 2>&1 &
     PIDS+=($!)
     LAST_PID=$!
@@ -218,8 +203,7 @@ live_checks() {
     phase "services (Postgres, Redis, TEI stub)"
     scripts/services.sh start
     eval "$(scripts/services.sh env)"
-    PSQL="$REPO/.services/pg/install/bin/psql"
-    [[ -x "$PSQL" ]] || die "psql not found at $PSQL (scripts/services.sh layout changed?)"
+    [[ -x "$PSQL" ]] || die "psql not found at $PSQL (from scripts/services.sh env)"
     DBNAME="deploy_check_$$_$RANDOM"
     psql_admin -c "CREATE DATABASE \"$DBNAME\"" >/dev/null || die "cannot create database $DBNAME"
     DB_URL="${TEST_DATABASE_URL%/*}/$DBNAME"
@@ -230,8 +214,8 @@ live_checks() {
     PIDS+=($!)
     wait_http "http://127.0.0.1:$TEI_PORT/health" 20 || die "the TEI stub did not start"
 
-    KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-    KEY_HASH="$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
+    KEY="$(random_hex 32)"
+    API_KEYS="$(admin_api_keys "$KEY")"
     env -i PATH="$PATH" DATABASE_URL="$DB_URL" EMBEDDING_DIM=768 EMBEDDING_PROVIDER=tei \
         EMBEDDING_SERVICE_URL="http://127.0.0.1:$TEI_PORT" AUTH_DISABLED=true \
         "$BIN" migrate >"$WORK/migrate.log" 2>&1 || { cat "$WORK/migrate.log" >&2; die "context-api migrate failed"; }
@@ -343,7 +327,7 @@ prometheus_start() {
     python3 - "$d/prometheus.yml" "127.0.0.1:$B_PORT" "127.0.0.1:$PROM_PORT" <<'PY'
 import json, sys, yaml
 out, api, prom = sys.argv[1:]
-cfg = yaml.safe_load(open("deploy/prometheus/prometheus.yml"))
+cfg = yaml.safe_load(open("prometheus.yml"))
 jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
 api_job = jobs["context-api"]
 assert "dns_sd_configs" in api_job, "expected DNS discovery of the replicas"
@@ -387,8 +371,9 @@ metric_names_check() {
     local h="Authorization: Bearer $KEY" j="Content-Type: application/json" id
     id="$(curl -sf -X POST "http://127.0.0.1:$B_PORT/contexts" -H "$h" -H "$j" \
         -d '{"user_id":"0b8a6f7e-3c1d-4e2f-9a5b-6c7d8e9f0a1b","context_type":"note","content":{"text":"metrics warm-up"}}' | jq -r .id)"
-    curl -sf -o /dev/null "http://127.0.0.1:$B_PORT/contexts/$id" -H "$h" && curl -sf -o /dev/null "http://127.0.0.1:$B_PORT/contexts/$id" -H "$h" \
-        || die "GET /contexts/{id} on replica B failed"
+    for _ in 1 2; do
+        curl -sf -o /dev/null "http://127.0.0.1:$B_PORT/contexts/$id" -H "$h" || die "GET /contexts/{id} on replica B failed"
+    done
     curl -sf -o /dev/null -X POST "http://127.0.0.1:$B_PORT/contexts/search" -H "$h" -H "$j" -d '{"query":"warm-up","k":1}' \
         || die "search on replica B failed"
     curl -sf "http://127.0.0.1:$B_PORT/metrics" >"$WORK/metrics.txt" || die "cannot read /metrics"

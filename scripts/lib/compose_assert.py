@@ -8,6 +8,7 @@ none of them may appear anywhere in the production services.
 Exits non-zero with one line per failed assertion.
 """
 import json
+import os
 import re
 import sys
 
@@ -156,6 +157,12 @@ if "backup" in s:
     check(any(v.get("target") == "/backups" for v in s["backup"].get("volumes", [])), "prod: backups volume")
 for name in ("prometheus", "grafana"):
     check(name in s, f"prod: no {name} service")
+# prometheus.yml (top level) names its rules `alerts.yml`, relative to itself.
+prom_mounts = {v.get("target"): v.get("source", "") for v in s.get("prometheus", {}).get("volumes", [])}
+for target, source in (("/etc/prometheus/prometheus.yml", "/prometheus.yml"),
+                       ("/etc/prometheus/alerts.yml", "/deploy/prometheus/alerts.yml")):
+    src = prom_mounts.get(target, "")
+    check(src.endswith(source) and os.path.isfile(src), f"prod: Prometheus needs ...{source} mounted at {target} (got {src!r})")
 check(any(v.get("target", "").startswith("/etc/grafana/provisioning") for v in s.get("grafana", {}).get("volumes", [])),
       "prod: Grafana provisioning mounted")
 
