@@ -185,7 +185,7 @@ class Bench:
             self.sql(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)", url=self.admin_url)
             self.sql(f"CREATE DATABASE {self.db}", url=self.admin_url)
             self.stub_port = free_port()
-            stub = Proc("tei-stub", [sys.executable, str(REPO / "scripts" / "tei-stub.py"), "--port",
+            stub = Proc("tei-stub", [str(REPO / "target" / "release" / "tei-stub"), "--port",
                                      str(self.stub_port), "--dim", str(data.DIM), "--latency-ms", str(TEI_LATENCY_MS),
                                      "--max-batch", "32"], self.work / "tei-stub.log")
             self.procs.append(stub)
@@ -684,7 +684,7 @@ class Bench:
             'with the rows of pgbench\'s insert replays. Written rows carry metadata tag "w": search_meta\'s '
             "filter never matches them.",
             f"- Service: DB_POOL_MAX {self.pool_size}, LOCAL_CACHE_ENTRIES {local_tier or 'off'}, TEI stand-in "
-            f"`scripts/tei-stub.py --latency-ms {TEI_LATENCY_MS} "
+            f"`target/release/tei-stub --latency-ms {TEI_LATENCY_MS} "
             "--max-batch 32`, LOG_LEVEL=warn.",
             "",
             "## Results",

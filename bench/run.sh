@@ -5,48 +5,18 @@
 #
 # Installs what is missing (wrk and redis-tools from Debian, a Python venv in
 # .bench-venv/ with numpy, matplotlib and psycopg), starts Postgres+pgvector and
-# Redis (scripts/services.sh), builds the release binary, then runs bench/api.py
-# with every argument given here. Each phase prints its duration.
+# Redis (scripts/services.sh), builds the release binary and the TEI stand-in
+# (crates/tei-stub), then runs bench/api.py with every argument given here. Each phase prints its duration.
 # The report lands in bench/results/ (see bench/README.md).
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+SCRIPT_NAME=bench
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/common.sh"
 cd "$REPO"
 VENV="$REPO/.bench-venv"
 PY_PACKAGES=(numpy matplotlib "psycopg[binary]")
-export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
-log() { printf '[run.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-# phase NAME COMMAND...: runs the command and prints how long it took (and its
-# exit status when not 0, which it returns).
-phase() {
-    local name=$1 start us rc=0
-    shift
-    log "$name ..."
-    start=${EPOCHREALTIME//[.,]/}
-    "$@" || rc=$?
-    us=$((${EPOCHREALTIME//[.,]/} - start))
-    log "$name: $((us / 1000000)).$((us / 100000 % 10)) s$( ((rc == 0)) || printf ' (exit %d)' "$rc")"
-    return "$rc"
-}
-
-apt_install() {
-    if ! apt-get install -y -q --no-install-recommends "$@" >/dev/null; then
-        log "apt-get install $* failed; running apt-get update and retrying"
-        apt-get update -q >/dev/null
-        apt-get install -y -q --no-install-recommends "$@" >/dev/null
-    fi
-}
-
-tools() {
-    local missing=()
-    command -v wrk >/dev/null || missing+=(wrk)
-    command -v redis-benchmark >/dev/null || missing+=(redis-tools)
-    if ((${#missing[@]})); then
-        log "installing ${missing[*]}"
-        apt_install "${missing[@]}"
-    fi
-}
+tools() { apt_ensure wrk wrk redis-benchmark redis-tools; }
 
 venv() {
     local stamp="$VENV/.packages" want="${PY_PACKAGES[*]}"
@@ -64,8 +34,10 @@ services() {
 
 # The production image's build (Dockerfile: --no-default-features, TEI only):
 # what is measured is what is deployed. CI's deploy check builds the same.
+# bench/api.py runs target/release/tei-stub as the TEI service.
 build() {
     cargo build --release --no-default-features --bin context-api
+    ensure_tei_stub >/dev/null
 }
 
 phase "tools (wrk, redis-tools)" tools
@@ -78,5 +50,5 @@ done
 phase "postgres and redis" services
 eval "$(scripts/services.sh env)"
 export TEST_DATABASE_URL TEST_REDIS_URL
-phase "cargo build --release --no-default-features" build
+phase "cargo build --release (context-api --no-default-features, tei-stub)" build
 phase "benchmark (bench/api.py)" "$VENV/bin/python" bench/api.py "$@"

@@ -200,6 +200,9 @@ live_checks() {
     BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/context-api"
     [[ -x "$BIN" ]] || die "no binary at $BIN"
 
+    phase "TEI stand-in (cargo build --release -p tei-stub)"
+    TEI_STUB="$(ensure_tei_stub)"
+
     phase "services (Postgres, Redis, TEI stub)"
     scripts/services.sh start
     eval "$(scripts/services.sh env)"
@@ -210,7 +213,7 @@ live_checks() {
     "$PSQL" -X -q -v ON_ERROR_STOP=1 "$DB_URL" -f init-db/01-extensions.sql >/dev/null \
         || die "init-db/01-extensions.sql failed on a fresh database"
     TEI_PORT="$(free_port)"
-    python3 scripts/tei-stub.py --host 127.0.0.1 --port "$TEI_PORT" --dim 768 >"$WORK/tei.log" 2>&1 &
+    "$TEI_STUB" --host 127.0.0.1 --port "$TEI_PORT" --dim 768 >"$WORK/tei.log" 2>&1 &
     PIDS+=($!)
     wait_http "http://127.0.0.1:$TEI_PORT/health" 20 || die "the TEI stub did not start"
 

@@ -132,7 +132,11 @@ build_standins() {
     build_rust
     build_postgres
     build_simple docker.io/library/redis:7.4.2-alpine "$STANDINS/redis"
-    build_simple ghcr.io/huggingface/text-embeddings-inference:cpu-1.7 "$STANDINS/tei" "$REPO/scripts/tei-stub.py"
+    # The TEI stand-in runs the host-built tei-stub: the debian:bookworm-slim
+    # stand-in has the host's glibc.
+    local tei_stub
+    tei_stub="$(ensure_tei_stub)"
+    build_simple ghcr.io/huggingface/text-embeddings-inference:cpu-1.7 "$STANDINS/tei" "$tei_stub"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
