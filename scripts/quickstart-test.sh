@@ -7,15 +7,16 @@
 #      exits, the services the script started are stopped, no process is left.
 # Usage: scripts/quickstart-test.sh   (CI runs it from .ci/run)
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+DIE_PREFIX=FAIL
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 cd "$REPO"
-fail() { printf 'quickstart-test: FAIL: %s\n' "$*" >&2; exit 1; }
 log=$(mktemp); out=$(mktemp); walk=$(mktemp)
 trap 'rm -f "$log" "$out" "$walk"' EXIT
 
 # The quick start must find the services stopped to show it starts (and stops) them.
 scripts/services.sh stop >/dev/null 2>&1 || true
-curl -s -o /dev/null http://127.0.0.1:8000/health && fail "something already listens on 127.0.0.1:8000"
+curl -s -o /dev/null http://127.0.0.1:8000/health && die "something already listens on 127.0.0.1:8000"
 
 setsid scripts/quickstart.sh >"$log" 2>&1 < /dev/null &
 leader=$!
@@ -28,28 +29,28 @@ trap 'cleanup; rm -f "$log" "$out" "$walk"' EXIT
 # Up to 20 minutes: a cold release build comes first.
 for _ in $(seq 1 1200); do
     curl -sf -o /dev/null http://127.0.0.1:8000/ready && break
-    kill -0 "$leader" 2>/dev/null || { cat "$log" >&2; fail "quickstart.sh exited before the service was ready"; }
+    kill -0 "$leader" 2>/dev/null || { cat "$log" >&2; die "quickstart.sh exited before the service was ready"; }
     sleep 1
 done
-curl -sf -o /dev/null http://127.0.0.1:8000/ready || { tail -50 "$log" >&2; fail "not ready after 20 minutes"; }
-grep -q "admin API key:" "$log" || fail "the quick start did not print the API key"
+curl -sf -o /dev/null http://127.0.0.1:8000/ready || { tail -50 "$log" >&2; die "not ready after 20 minutes"; }
+grep -q "admin API key:" "$log" || die "the quick start did not print the API key"
 
 # The walkthrough, verbatim from the README.
 awk '/<!-- walkthrough:start -->/{on=1} /<!-- walkthrough:end -->/{on=0}
      on && /^```sh/{code=1; next} on && /^```/{code=0; next} code' README.md > "$walk"
-[[ -s "$walk" ]] || fail "no walkthrough found in README.md"
-bash -euo pipefail "$walk" > "$out" 2>&1 || { cat "$out" >&2; fail "the walkthrough failed"; }
+[[ -s "$walk" ]] || die "no walkthrough found in README.md"
+bash -euo pipefail "$walk" > "$out" 2>&1 || { cat "$out" >&2; die "the walkthrough failed"; }
 cat "$out"
 
 # What the walkthrough must have shown.
-grep -q '"next_cursor"' "$out" || fail "listing did not answer"
+grep -q '"next_cursor"' "$out" || die "listing did not answer"
 first=$(grep -m1 '"results"' "$out" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["results"][0]["context"]["content"]["text"])') \
-    || fail "search did not answer"
-[[ "$first" == *"green tea"* ]] || fail "the drink question did not find the tea preference first, but: $first"
-grep -q '"version":2' "$out" || fail "the If-Match update did not answer version 2"
-grep -q 'HTTP/1.1 412' "$out" || fail "a stale If-Match was not refused with 412"
-grep -q 'HTTP/1.1 204' "$out" || fail "delete did not answer 204"
+    || die "search did not answer"
+[[ "$first" == *"green tea"* ]] || die "the drink question did not find the tea preference first, but: $first"
+grep -q '"version":2' "$out" || die "the If-Match update did not answer version 2"
+grep -q 'HTTP/1.1 412' "$out" || die "a stale If-Match was not refused with 412"
+grep -q 'HTTP/1.1 204' "$out" || die "delete did not answer 204"
 
 # Ctrl-C: SIGINT to the whole process group, as a terminal sends it.
 kill -INT -- "-$leader"
@@ -57,11 +58,11 @@ for _ in $(seq 1 60); do
     kill -0 "$leader" 2>/dev/null || break
     sleep 0.5
 done
-kill -0 "$leader" 2>/dev/null && { tail -20 "$log" >&2; fail "quickstart.sh still running 30 s after Ctrl-C"; }
-wait "$leader" || fail "quickstart.sh exited non-zero after Ctrl-C: $(tail -5 "$log")"
+kill -0 "$leader" 2>/dev/null && { tail -20 "$log" >&2; die "quickstart.sh still running 30 s after Ctrl-C"; }
+wait "$leader" || die "quickstart.sh exited non-zero after Ctrl-C: $(tail -5 "$log")"
 left=$(pgrep -f "target/(debug|release)/context-api serve|$REPO/.services" || true)
-[[ -z "$left" ]] || fail "processes left behind: $(ps -o pid,args -p "${left//$'\n'/,}")"
-grep -q "shutdown complete" "$log" || fail "the service did not shut down gracefully"
+[[ -z "$left" ]] || die "processes left behind: $(ps -o pid,args -p "${left//$'\n'/,}")"
+grep -q "shutdown complete" "$log" || die "the service did not shut down gracefully"
 
 # A second run keeps the data of the first.
 setsid scripts/quickstart.sh >"$log" 2>&1 < /dev/null &
@@ -73,7 +74,7 @@ done
 KEY=$(cat .data/dev-api-key)
 n=$(curl -sf "http://127.0.0.1:8000/contexts?user_id=7a1c9d7e-3b53-4f5e-9a0c-2f1d6a4b8c11" \
       -H "Authorization: Bearer $KEY" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["items"]))')
-[[ "$n" -ge 2 ]] || fail "the second run lost the first run's contexts (found $n)"
+[[ "$n" -ge 2 ]] || die "the second run lost the first run's contexts (found $n)"
 kill -INT -- "-$leader"
-wait "$leader" || fail "second run: non-zero exit after Ctrl-C"
+wait "$leader" || die "second run: non-zero exit after Ctrl-C"
 echo "quickstart-test: OK"

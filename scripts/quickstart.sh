@@ -14,15 +14,15 @@
 #   script started. A second run keeps the data of the first.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 cd "$REPO"
 PORT="${PORT:-8000}"
-say() { printf '\033[1mquickstart:\033[0m %s\n' "$*" >&2; }
 
 started_services=0
 cleanup() {
     if [[ "$started_services" == 1 ]]; then
-        say "stopping the Postgres and Redis this script started"
+        log "stopping the Postgres and Redis this script started"
         scripts/services.sh stop || true
     fi
 }
@@ -30,15 +30,14 @@ trap cleanup EXIT
 
 if [[ -z "${DATABASE_URL:-}" || -z "${REDIS_URL:-}" ]]; then
     if ! scripts/services.sh status >/dev/null 2>&1; then
-        say "starting PostgreSQL + pgvector and Redis (first run installs them)"
+        log "starting PostgreSQL + pgvector and Redis (first run installs them)"
         started_services=1
     fi
     scripts/services.sh start
     eval "$(scripts/services.sh env)"
     if [[ -z "${DATABASE_URL:-}" ]]; then
-        psql=.services/pg/install/bin/psql
-        exists=$("$psql" "$TEST_DATABASE_URL" -tAc "SELECT 1 FROM pg_database WHERE datname = 'context_api'")
-        [[ "$exists" == 1 ]] || "$psql" "$TEST_DATABASE_URL" -qc "CREATE DATABASE context_api"
+        exists=$("$PSQL" "$TEST_DATABASE_URL" -tAc "SELECT 1 FROM pg_database WHERE datname = 'context_api'")
+        [[ "$exists" == 1 ]] || "$PSQL" "$TEST_DATABASE_URL" -qc "CREATE DATABASE context_api"
         export DATABASE_URL="${TEST_DATABASE_URL%/postgres}/context_api"
     fi
     export REDIS_URL="${REDIS_URL:-$TEST_REDIS_URL}"
@@ -51,17 +50,18 @@ fi
 
 mkdir -p .data
 if [[ ! -s .data/dev-api-key ]]; then
-    python3 -c 'import secrets; print(secrets.token_hex(24))' > .data/dev-api-key
+    random_hex 24 > .data/dev-api-key
     chmod 600 .data/dev-api-key
 fi
 KEY="$(cat .data/dev-api-key)"
-export API_KEYS="admin:$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
+API_KEYS="$(admin_api_keys "$KEY")"
+export API_KEYS
 export BIND_ADDRESS="127.0.0.1:$PORT" LOG_FORMAT="${LOG_FORMAT:-pretty}" SHUTDOWN_TIMEOUT_SECONDS="${SHUTDOWN_TIMEOUT_SECONDS:-10}"
 export CACHE_KEY_PREFIX="${CACHE_KEY_PREFIX:-quickstart:}"
 
 # The release build: the in-process model runs 2 to 3 times faster than in the
 # dev build, so what you see here is what production gives.
-say "building context-api in release mode (the first build takes several minutes)"
+log "building context-api in release mode (the first build takes several minutes)"
 cargo build --quiet --release --bin context-api
 BIN=target/release/context-api
 "$BIN" migrate
@@ -87,6 +87,6 @@ wait "$child" || status=$?
 while kill -0 "$child" 2>/dev/null; do
     wait "$child" || status=$?
 done
-say "context-api stopped (exit $status)"
+log "context-api stopped (exit $status)"
 # 130/143: stopped by our own forwarded signal, which is the normal way out.
 [[ "$status" == 0 || "$status" == 130 || "$status" == 143 ]]
