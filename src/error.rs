@@ -48,130 +48,183 @@ struct Problem<'a> {
     detail: String,
 }
 
-impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
-        use ApiError::*;
-        match self {
-            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Malformed request"),
-            Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Authentication required",
-            ),
-            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
-            NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-            ),
-            PreconditionFailed(_) => (
-                StatusCode::PRECONDITION_FAILED,
-                "precondition-failed",
-                "Precondition failed",
-            ),
-            PayloadTooLarge(_) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                "Request body too large",
-            ),
-            UnsupportedMediaType(_) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Unsupported media type",
-            ),
-            Validation(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation",
-                "Invalid request",
-            ),
-            Overloaded(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "Service overloaded",
-            ),
-            Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Dependency unavailable",
-            ),
-            Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal server error",
-            ),
-        }
-    }
+/// How loudly a failure is logged.
+#[derive(Clone, Copy)]
+enum Log {
+    /// The client's mistake.
+    Debug,
+    /// Refused for a dependency or load: worth a look when it repeats.
+    Warn,
+    /// The server's fault.
+    Error,
+}
 
+/// Everything the edge says about one error.
+struct Spec {
+    status: StatusCode,
+    slug: &'static str,
+    title: &'static str,
     /// What the client may read. Internal causes stay in the logs.
-    fn detail(&self) -> String {
-        use ApiError::*;
-        match self {
-            BadRequest(d)
-            | Forbidden(d)
-            | PreconditionFailed(d)
-            | PayloadTooLarge(d)
-            | UnsupportedMediaType(d)
-            | Validation(d) => d.clone(),
-            Unauthorized => "send Authorization: Bearer <api key>".into(),
-            NotFound => "no such resource".into(),
-            MethodNotAllowed => "this route does not accept that method".into(),
-            Overloaded(what) => format!("{what}; retry later"),
-            Unavailable(_) => "a required dependency is unavailable; retry later".into(),
-            Internal(_) => "the server failed to handle the request".into(),
-        }
-    }
+    detail: String,
+    /// Seconds, for a Retry-After header.
+    retry_after: Option<&'static str>,
+    log: Log,
 }
 
 impl ApiError {
+    /// The one mapping from an error to its response.
+    fn spec(&self) -> Spec {
+        use ApiError::*;
+        use StatusCode as S;
+        let (status, slug, title, detail, retry_after, log) = match self {
+            BadRequest(d) => (
+                S::BAD_REQUEST,
+                "bad-request",
+                "Malformed request",
+                d.clone(),
+                None,
+                Log::Debug,
+            ),
+            Unauthorized => (
+                S::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+                "send Authorization: Bearer <api key>".into(),
+                None,
+                Log::Debug,
+            ),
+            Forbidden(d) => (
+                S::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                d.clone(),
+                None,
+                Log::Debug,
+            ),
+            NotFound => (
+                S::NOT_FOUND,
+                "not-found",
+                "Not found",
+                "no such resource".into(),
+                None,
+                Log::Debug,
+            ),
+            MethodNotAllowed => (
+                S::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "this route does not accept that method".into(),
+                None,
+                Log::Debug,
+            ),
+            PreconditionFailed(d) => (
+                S::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+                d.clone(),
+                None,
+                Log::Debug,
+            ),
+            PayloadTooLarge(d) => (
+                S::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+                d.clone(),
+                None,
+                Log::Debug,
+            ),
+            UnsupportedMediaType(d) => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                d.clone(),
+                None,
+                Log::Debug,
+            ),
+            Validation(d) => (
+                S::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Invalid request",
+                d.clone(),
+                None,
+                Log::Debug,
+            ),
+            Overloaded(what) => (
+                S::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Service overloaded",
+                format!("{what}; retry later"),
+                Some("1"),
+                Log::Warn,
+            ),
+            Unavailable(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Dependency unavailable",
+                "a required dependency is unavailable; retry later".into(),
+                Some("5"),
+                Log::Warn,
+            ),
+            Internal(_) => (
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+                "the server failed to handle the request".into(),
+                None,
+                Log::Error,
+            ),
+        };
+        Spec {
+            status,
+            slug,
+            title,
+            detail,
+            retry_after,
+            log,
+        }
+    }
+
     /// The status and the RFC 9457 body of this error, for a response or for
     /// one item of a batch.
     pub fn problem(&self) -> (StatusCode, serde_json::Value) {
-        let (status, slug, title) = self.parts();
+        let spec = self.spec();
+        (spec.status, Self::body(&spec))
+    }
+
+    fn body(spec: &Spec) -> serde_json::Value {
         let body = Problem {
-            kind: format!("urn:context-api:problem:{slug}"),
-            title,
-            status: status.as_u16(),
-            detail: self.detail(),
+            kind: format!("urn:context-api:problem:{}", spec.slug),
+            title: spec.title,
+            status: spec.status.as_u16(),
+            detail: spec.detail.clone(),
         };
-        (
-            status,
-            serde_json::to_value(&body).expect("problems always serialize"),
-        )
+        serde_json::to_value(&body).expect("problems always serialize")
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        match &self {
-            ApiError::Internal(_) => tracing::error!(error = %self, "request failed"),
-            ApiError::Unavailable(_) | ApiError::Overloaded(_) => {
-                tracing::warn!(error = %self, "request refused")
-            }
-            _ => tracing::debug!(error = %self, "request rejected"),
+        let spec = self.spec();
+        match spec.log {
+            Log::Error => tracing::error!(error = %self, "request failed"),
+            Log::Warn => tracing::warn!(error = %self, "request refused"),
+            Log::Debug => tracing::debug!(error = %self, "request rejected"),
         }
-        let (status, body) = self.problem();
         let mut resp = (
-            status,
+            spec.status,
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/problem+json"),
             )],
-            body.to_string(),
+            Self::body(&spec).to_string(),
         )
             .into_response();
         let headers = resp.headers_mut();
-        match self {
-            ApiError::Unauthorized => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            ApiError::Overloaded(_) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            ApiError::Unavailable(_) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            }
-            _ => {}
+        if spec.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = spec.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
         }
         resp
     }
