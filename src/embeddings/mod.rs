@@ -12,8 +12,9 @@ pub use tei::TeiClient;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::config::{EmbeddingProvider, EmbeddingSettings};
 
@@ -109,12 +110,24 @@ pub struct Embedder {
     client: Provider,
     dim: usize,
     batch_size: usize,
-    info: Arc<Mutex<Option<Info>>>,
-    state: Arc<std::sync::Mutex<EmbedderState>>,
-    last_failure: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// The one lock, never held across an await.
+    health: Arc<std::sync::Mutex<Health>>,
     /// Single texts go through here to the TEI provider, coalesced into batches.
     coalescer: Option<mpsc::Sender<Job>>,
 }
+
+/// What the embedder knows of its provider.
+struct Health {
+    /// The provider's answer to the last successful contact.
+    info: Option<Info>,
+    state: EmbedderState,
+    last_failure: Option<Instant>,
+    /// The contact in flight, if any: concurrent callers await the same one
+    /// instead of queueing one behind another on a service that hangs.
+    probe: Option<Probe>,
+}
+
+type Probe = Shared<BoxFuture<'static, Result<Info, EmbedError>>>;
 
 /// One text waiting for its vector.
 type Job = (String, oneshot::Sender<Result<Vec<f32>, EmbedError>>);
@@ -161,9 +174,12 @@ impl Embedder {
             client,
             dim: settings.dim,
             batch_size: settings.batch_size,
-            info: Arc::new(Mutex::new(None)),
-            state: Arc::new(std::sync::Mutex::new(EmbedderState::Unknown)),
-            last_failure: Arc::new(std::sync::Mutex::new(None)),
+            health: Arc::new(std::sync::Mutex::new(Health {
+                info: None,
+                state: EmbedderState::Unknown,
+                last_failure: None,
+                probe: None,
+            })),
             coalescer: None,
         };
         // The local model has a queue of its own that batches concurrent calls.
@@ -173,12 +189,16 @@ impl Embedder {
         Ok(embedder)
     }
 
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().expect("embedder health lock")
+    }
+
     pub fn state(&self) -> EmbedderState {
-        self.state.lock().expect("state lock").clone()
+        self.health().state.clone()
     }
 
     fn set_state(&self, s: EmbedderState) {
-        *self.state.lock().expect("state lock") = s;
+        self.health().state = s;
     }
 
     /// The model id, once the service has answered.
@@ -186,28 +206,50 @@ impl Embedder {
         Ok(self.info().await?.model)
     }
 
-    /// Contacts the service once (cached after the first answer): reads /info,
-    /// then embeds a probe to learn the output dimension. A mismatch is logged
-    /// once and sticks until the service answers with the right size.
+    /// The provider's info, from the last contact or from a new one (shared
+    /// by every concurrent caller). Within [`COOLDOWN`] of a failed contact,
+    /// callers fail at once.
     async fn info(&self) -> Result<Info, EmbedError> {
-        let mut guard = self.info.lock().await;
-        if let Some(info) = guard.as_ref() {
-            return Ok(info.clone());
-        }
-        if self.recently_failed() {
-            return Err(EmbedError::Unavailable(
-                "not reachable (recent attempt failed)".into(),
-            ));
-        }
-        let contact = async {
+        let probe = {
+            let mut h = self.health();
+            if let Some(info) = &h.info {
+                return Ok(info.clone());
+            }
+            match &h.probe {
+                Some(p) => p.clone(),
+                None => {
+                    if h.last_failure.is_some_and(|at| at.elapsed() < COOLDOWN) {
+                        return Err(EmbedError::Unavailable(
+                            "not reachable (recent attempt failed)".into(),
+                        ));
+                    }
+                    let this = self.clone();
+                    let p = async move { this.contact().await }.boxed().shared();
+                    h.probe = Some(p.clone());
+                    p
+                }
+            }
+        };
+        probe.await
+    }
+
+    /// Contacts the service: reads /info, then embeds a probe to learn the
+    /// output dimension. A mismatch is logged once and sticks until the
+    /// service answers with the right size.
+    #[tracing::instrument(name = "embedder.contact", skip_all)]
+    async fn contact(&self) -> Result<Info, EmbedError> {
+        let answer = async {
             let info = self.client.info().await?;
             let probe = self.client.embed(&["dimension probe".to_string()]).await?;
             Ok::<_, EmbedError>((info, probe))
-        };
-        let (info, probe) = match contact.await {
+        }
+        .await;
+        let mut h = self.health();
+        h.probe = None;
+        let (info, probe) = match answer {
             Ok(v) => v,
             Err(e) => {
-                self.mark_failed();
+                Self::failed(&mut h);
                 return Err(e);
             }
         };
@@ -217,14 +259,14 @@ impl Embedder {
                 expected: self.dim,
                 got,
             };
-            if self.state() != state {
+            if h.state != state {
                 tracing::error!(
                     model = %info.model_id, expected = self.dim, got,
                     "embedding service dimension does not match EMBEDDING_DIM: no embeddings will be stored"
                 );
             }
-            self.set_state(state);
-            *self.last_failure.lock().expect("failure lock") = Some(Instant::now());
+            h.state = state;
+            h.last_failure = Some(Instant::now());
             return Err(EmbedError::DimensionMismatch {
                 expected: self.dim,
                 got,
@@ -238,15 +280,23 @@ impl Embedder {
                 .clamp(1, self.batch_size),
         };
         tracing::info!(model = %info.model, dim = self.dim, max_batch = info.max_batch, "embedding service ready");
-        self.set_state(EmbedderState::Ready {
+        h.state = EmbedderState::Ready {
             model: info.model.clone(),
-        });
-        *guard = Some(info.clone());
+        };
+        h.info = Some(info.clone());
         Ok(info)
+    }
+
+    fn failed(h: &mut Health) {
+        h.last_failure = Some(Instant::now());
+        if !matches!(h.state, EmbedderState::DimensionMismatch { .. }) {
+            h.state = EmbedderState::Unavailable;
+        }
     }
 
     /// Embeds `texts`, in batches no larger than the service accepts. Every
     /// vector returned has exactly the configured dimension.
+    #[tracing::instrument(name = "embedder.embed", skip_all, fields(texts = texts.len()))]
     pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let info = self.info().await?;
         let mut out = Vec::with_capacity(texts.len());
@@ -261,7 +311,7 @@ impl Embedder {
                 Err(e) => {
                     metrics::counter!("embedding_failures_total").increment(1);
                     if matches!(e, EmbedError::Unavailable(_)) {
-                        self.mark_failed();
+                        Self::failed(&mut self.health());
                     }
                     return Err(e);
                 }
@@ -278,11 +328,14 @@ impl Embedder {
                 // The service changed under us (redeployed with another model).
                 let got = bad.len();
                 metrics::counter!("embedding_failures_total").increment(1);
-                *self.info.lock().await = None;
-                self.set_state(EmbedderState::DimensionMismatch {
-                    expected: self.dim,
-                    got,
-                });
+                {
+                    let mut h = self.health();
+                    h.info = None;
+                    h.state = EmbedderState::DimensionMismatch {
+                        expected: self.dim,
+                        got,
+                    };
+                }
                 tracing::error!(
                     expected = self.dim,
                     got,
@@ -299,24 +352,10 @@ impl Embedder {
         Ok(out)
     }
 
-    fn recently_failed(&self) -> bool {
-        self.last_failure
-            .lock()
-            .expect("failure lock")
-            .is_some_and(|at| at.elapsed() < COOLDOWN)
-    }
-
-    fn mark_failed(&self) {
-        *self.last_failure.lock().expect("failure lock") = Some(Instant::now());
-        if !matches!(self.state(), EmbedderState::DimensionMismatch { .. }) {
-            self.set_state(EmbedderState::Unavailable);
-        }
-    }
-
     /// Contacts the service afresh: used while it is not known to be ready, so
     /// that a late-starting (or replaced) service is checked when it first answers.
     pub async fn check(&self) -> Result<(), EmbedError> {
-        *self.info.lock().await = None;
+        self.health().info = None;
         self.info().await.map(|_| ())
     }
 
