@@ -33,13 +33,13 @@ pub enum ServiceError {
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct Contexts {
-    pub store: Store,
-    pub cache: Cache,
-    pub embedder: Embedder,
+    store: Store,
+    cache: Cache,
+    embedder: Embedder,
     /// Wakes the embedding worker when a write leaves a row pending.
-    pub pending: Arc<Notify>,
+    pending: Arc<Notify>,
     /// How long a write waits for an embedding before storing the row pending.
-    pub inline_embed_timeout: Duration,
+    inline_embed_timeout: Duration,
 }
 
 /// A page of a listing.
@@ -49,6 +49,94 @@ pub struct Page {
 }
 
 impl Contexts {
+    pub fn new(
+        store: Store,
+        cache: Cache,
+        embedder: Embedder,
+        inline_embed_timeout: Duration,
+    ) -> Self {
+        Self {
+            store,
+            cache,
+            embedder,
+            pending: Arc::new(Notify::new()),
+            inline_embed_timeout,
+        }
+    }
+
+    /// For readiness, metrics and shutdown.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// For readiness and the cache's background tasks.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// For readiness and the embedder watch.
+    pub fn embedder(&self) -> &Embedder {
+        &self.embedder
+    }
+
+    /// The configured vector dimension.
+    pub fn dim(&self) -> usize {
+        self.store.dim()
+    }
+
+    /// Resolves when a write leaves a row pending (or [`Contexts::wake_worker`]).
+    pub async fn pending_written(&self) {
+        self.pending.notified().await
+    }
+
+    /// Wakes the embedding worker, e.g. when the embedding service is back.
+    pub fn wake_worker(&self) {
+        self.pending.notify_one();
+    }
+
+    /// Embeds up to `batch` rows stored pending. The rows are claimed for
+    /// `lease` in a short statement, embedded with no transaction open, and
+    /// stored only if this claim still holds them, so two workers never embed
+    /// the same row and a slow embedding service holds no connection or lock.
+    /// On failure the claim is released at once. Returns the rows claimed.
+    #[tracing::instrument(name = "worker.embed_pending", skip(self), err(Display))]
+    pub async fn fill_pending(&self, batch: usize, lease: Duration) -> Result<usize, ServiceError> {
+        let claim = self.store.claim_pending(batch as i64, lease).await?;
+        if claim.rows.is_empty() {
+            return Ok(0);
+        }
+        let texts: Vec<String> = claim.rows.iter().map(|r| r.text.clone()).collect();
+        let vectors = match self.embedder.embed(&texts).await {
+            Ok(v) => v,
+            Err(e) => {
+                if let Err(release) = self.store.release_claim(claim.token).await {
+                    tracing::warn!(error = %release, "could not release a claim: it lapses with its lease");
+                }
+                return Err(ServiceError::Embedding(e));
+            }
+        };
+        let filled = claim.rows.iter().map(|r| r.id).zip(vectors).collect();
+        let updated = self.store.fill_embeddings(claim.token, filled).await?;
+        for ctx in &updated {
+            self.cache.put_context(ctx).await;
+        }
+        metrics::counter!("embeddings_filled_total").increment(updated.len() as u64);
+        tracing::info!(count = updated.len(), "filled pending embeddings");
+        Ok(claim.rows.len())
+    }
+
+    /// Deletes up to `batch` expired rows and tombstones them in the cache.
+    /// `None` when another replica holds the purge lock.
+    pub async fn purge_expired(&self, batch: i64) -> Result<Option<usize>, ServiceError> {
+        let Some(ids) = self.store.purge_expired_batch(batch).await? else {
+            return Ok(None);
+        };
+        for id in &ids {
+            self.cache.put_tombstone(*id, None).await;
+        }
+        Ok(Some(ids.len()))
+    }
+
     pub async fn create(&self, scope: Scope, mut new: NewContext) -> Result<Context, ServiceError> {
         if !scope.allows(new.user_id) {
             return Err(ServiceError::Forbidden(

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
@@ -82,13 +81,7 @@ impl App {
                 addr: settings.bind_address,
                 source,
             })?;
-        let contexts = Contexts {
-            store,
-            cache,
-            embedder,
-            pending: Arc::new(Notify::new()),
-            inline_embed_timeout: settings.embeddings.timeout,
-        };
+        let contexts = Contexts::new(store, cache, embedder, settings.embeddings.timeout);
         let state = AppState::new(Shared {
             contexts,
             auth: AuthState {
@@ -130,6 +123,7 @@ impl App {
             contexts.clone(),
             settings.embeddings.batch_size,
             settings.workers.embed_interval,
+            settings.embeddings.claim_lease(),
             stop.clone(),
         ));
         tasks.spawn(workers::purge_expired(
@@ -140,9 +134,9 @@ impl App {
         ));
         tasks.spawn(watch_embedder(contexts.clone(), stop.clone()));
         {
-            let (cache, token) = (contexts.cache.clone(), stop.clone());
+            let (cache, token) = (contexts.cache().clone(), stop.clone());
             tasks.spawn(async move { cache.listen(token).await });
-            let (cache, token) = (contexts.cache.clone(), stop.clone());
+            let (cache, token) = (contexts.cache().clone(), stop.clone());
             tasks.spawn(async move { cache.publish_barriers(token).await });
         }
 
@@ -193,7 +187,7 @@ impl App {
         if joined.is_err() {
             tracing::warn!("background workers did not stop in time");
         }
-        contexts.store.close().await;
+        contexts.store().close().await;
         tracing::info!("shutdown complete");
         served
     }
@@ -203,13 +197,13 @@ impl App {
 /// opening its port), and again whenever it is not known to be ready.
 async fn watch_embedder(contexts: Contexts, stop: CancellationToken) {
     loop {
-        if matches!(contexts.embedder.state(), EmbedderState::Ready { .. }) {
+        if matches!(contexts.embedder().state(), EmbedderState::Ready { .. }) {
             // Known good: nothing to do until a call fails.
-        } else if let Err(e) = contexts.embedder.check().await {
+        } else if let Err(e) = contexts.embedder().check().await {
             tracing::debug!(error = %e, "embedding service not ready");
         } else {
             // It may have come back: wake the worker for rows left pending.
-            contexts.pending.notify_one();
+            contexts.wake_worker();
         }
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -238,7 +238,7 @@ pub async fn create_context(
     Caller(scope): Caller,
     AppJson(body): AppJson<CreateContextRequest>,
 ) -> Result<Response, ApiError> {
-    let new = body.parse(scope, state.contexts.store.dim())?;
+    let new = body.parse(scope, state.contexts.dim())?;
     let ctx = state.contexts.create(scope, new).await?;
     let location = HeaderValue::from_str(&format!("/contexts/{}", ctx.id.0))
         .expect("a UUID path is a valid header");
@@ -305,7 +305,7 @@ pub async fn create_contexts(
         )
         .into());
     }
-    let dim = state.contexts.store.dim();
+    let dim = state.contexts.dim();
     let mut slots: Vec<Option<BatchItemResult>> = Vec::with_capacity(n);
     let mut valid = Vec::with_capacity(n);
     for (i, item) in body.items.into_iter().enumerate() {
@@ -393,7 +393,7 @@ pub async fn update_context(
     AppJson(body): AppJson<PatchContextRequest>,
 ) -> Result<Response, ApiError> {
     let id = ContextId::parse(&id)?;
-    let patch = body.parse(state.contexts.store.dim())?;
+    let patch = body.parse(state.contexts.dim())?;
     let expected = if_match(&headers)?;
     let ctx = state.contexts.update(scope, id, patch, expected).await?;
     Ok(with_etag(StatusCode::OK, ctx, None))

@@ -32,8 +32,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let contexts = &state.contexts;
     let (db, cache) = tokio::join!(
-        tokio::time::timeout(CHECK_TIMEOUT, contexts.store.ping()),
-        contexts.cache.health(CHECK_TIMEOUT)
+        tokio::time::timeout(CHECK_TIMEOUT, contexts.store().ping()),
+        contexts.cache().health(CHECK_TIMEOUT)
     );
     let db_ok = matches!(db, Ok(Ok(())));
     let mut checks = BTreeMap::new();
@@ -47,13 +47,13 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
     checks.insert("redis", json!(redis));
     // Reported, never required: without its invalidation channel the
     // in-process tier is bypassed and reads go to Redis.
-    let local = match contexts.cache.local_live() {
+    let local = match contexts.cache().local_live() {
         None => "disabled",
         Some(true) => "live",
         Some(false) => "off",
     };
     checks.insert("cache_local", json!(local));
-    let embeddings = match contexts.embedder.state() {
+    let embeddings = match contexts.embedder().state() {
         EmbedderState::Unknown => json!("not contacted yet"),
         EmbedderState::Ready { model } => json!({"status": "ok", "model": model}),
         EmbedderState::Unavailable => json!("unavailable"),
@@ -75,7 +75,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
 
 /// Prometheus text format. Gauges of shared resources are read at scrape time.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let store = &state.contexts.store;
+    let store = state.contexts.store();
     let (size, idle) = store.pool_size();
     metrics::gauge!("db_pool_connections").set(size as f64);
     metrics::gauge!("db_pool_idle_connections").set(idle as f64);

@@ -81,7 +81,7 @@ pub async fn search_contexts(
     Caller(scope): Caller,
     AppJson(body): AppJson<SearchRequest>,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    let (input, filter, k) = body.parse(state.contexts.store.dim())?;
+    let (input, filter, k) = body.parse(state.contexts.dim())?;
     let hits = state.contexts.search(scope, input, filter, k).await?;
     Ok(Json(SearchResponse {
         results: hits

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use pgvector::Vector;
 use sqlx::types::Json;
@@ -78,6 +80,12 @@ pub enum EmbeddingChange {
     Set(Vec<f32>),
     /// The text changed and no vector is available yet.
     Pending,
+}
+
+/// Rows the embedding worker has claimed, and the token that holds them.
+pub struct Claim {
+    pub token: Uuid,
+    pub rows: Vec<PendingRow>,
 }
 
 /// A row the embedding worker has claimed.
@@ -222,6 +230,8 @@ impl Store {
                 context_type = $3, content = $4, metadata = $5, expires_at = $6, embedding_text = $7,
                 embedding = CASE WHEN $8 THEN embedding ELSE $9 END,
                 embedding_status = CASE WHEN $8 THEN embedding_status ELSE $10 END,
+                embedding_claim = CASE WHEN $8 THEN embedding_claim END,
+                embedding_claimed_until = CASE WHEN $8 THEN embedding_claimed_until END,
                 version = version + 1, updated_at = now()
              WHERE id = $1 AND version = $2 AND {VISIBLE}
              RETURNING {COLUMNS}"
@@ -319,56 +329,77 @@ impl Store {
             .collect())
     }
 
-    /// Claims up to `limit` pending rows for this transaction; other workers skip them.
-    /// The caller embeds them and calls [`Store::fill_embeddings`] in the same transaction.
-    pub async fn claim_pending(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Postgres>,
-        limit: i64,
-    ) -> Result<Vec<PendingRow>, StoreError> {
+    /// Claims up to `limit` pending rows, unclaimed or with a lapsed claim,
+    /// for `lease`: other workers skip them until it ends. One short statement.
+    pub async fn claim_pending(&self, limit: i64, lease: Duration) -> Result<Claim, StoreError> {
+        let token = Uuid::new_v4();
         let rows: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, embedding_text FROM contexts
-             WHERE embedding_status = 'pending' AND is_active
-             ORDER BY updated_at
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED",
+            "UPDATE contexts c
+             SET embedding_claim = $2, embedding_claimed_until = now() + make_interval(secs => $3)
+             FROM (SELECT id FROM contexts
+                   WHERE embedding_status = 'pending' AND is_active
+                     AND (embedding_claimed_until IS NULL OR embedding_claimed_until < now())
+                   ORDER BY updated_at
+                   LIMIT $1
+                   FOR UPDATE SKIP LOCKED) p
+             WHERE c.id = p.id
+             RETURNING c.id, c.embedding_text",
         )
         .bind(limit)
-        .fetch_all(&mut **tx)
+        .bind(token)
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, text)| PendingRow {
-                id: ContextId(id),
-                text,
-            })
-            .collect())
+        Ok(Claim {
+            token,
+            rows: rows
+                .into_iter()
+                .map(|(id, text)| PendingRow {
+                    id: ContextId(id),
+                    text,
+                })
+                .collect(),
+        })
     }
 
-    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        Ok(self.pool.begin().await?)
+    /// Gives claimed rows back at once (the embedding call failed).
+    pub async fn release_claim(&self, token: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE contexts SET embedding_claim = NULL, embedding_claimed_until = NULL
+             WHERE embedding_claim = $1",
+        )
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
-    /// Stores vectors for claimed rows. Does not bump `version`: the content did not change.
+    /// Stores vectors for the rows `token` still claims, in one statement. A
+    /// row whose text changed meanwhile lost its claim and is skipped. Does not
+    /// bump `version`: the content did not change.
     pub async fn fill_embeddings(
         &self,
-        tx: &mut sqlx::Transaction<'static, Postgres>,
+        token: Uuid,
         filled: Vec<(ContextId, Vec<f32>)>,
     ) -> Result<Vec<Context>, StoreError> {
-        let mut out = Vec::with_capacity(filled.len());
-        for (id, v) in filled {
-            let row: Option<Row> = sqlx::query_as(&format!(
-                "UPDATE contexts SET embedding = $2, embedding_status = 'ready'
-                 WHERE id = $1 AND embedding_status = 'pending'
-                 RETURNING {COLUMNS}"
-            ))
-            .bind(id.0)
-            .bind(Vector::from(v))
-            .fetch_optional(&mut **tx)
-            .await?;
-            out.extend(row.map(Context::from));
-        }
-        Ok(out)
+        let (ids, vectors): (Vec<Uuid>, Vec<Vector>) = filled
+            .into_iter()
+            .map(|(id, v)| (id.0, Vector::from(v)))
+            .unzip();
+        let rows: Vec<Row> = sqlx::query_as(
+            "UPDATE contexts c SET embedding = f.embedding, embedding_status = 'ready',
+                    embedding_claim = NULL, embedding_claimed_until = NULL
+             FROM UNNEST($2::uuid[], $3::vector[]) AS f(id, embedding)
+             WHERE c.id = f.id AND c.embedding_claim = $1 AND c.embedding_status = 'pending'
+             RETURNING c.id, c.user_id, c.context_type, c.content, c.metadata, c.expires_at,
+                       c.embedding_status, c.is_active, c.version, c.created_at, c.updated_at",
+        )
+        .bind(token)
+        .bind(&ids)
+        .bind(&vectors)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Context::from).collect())
     }
 
     pub async fn pending_count(&self) -> Result<i64, StoreError> {

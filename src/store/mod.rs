@@ -2,7 +2,9 @@
 
 mod contexts;
 
-pub use contexts::{ef_search, search_query, Current, EmbeddingChange, PendingRow, Replacement};
+pub use contexts::{
+    ef_search, search_query, Claim, Current, EmbeddingChange, PendingRow, Replacement,
+};
 mod migrate;
 
 pub use migrate::{migrate, MigrateError};

@@ -22,16 +22,13 @@ pub async fn purge_expired(
             if stop.is_cancelled() {
                 break;
             }
-            match contexts.store.purge_expired_batch(batch).await {
-                Ok(Some(ids)) => {
-                    metrics::counter!("contexts_purged_total").increment(ids.len() as u64);
-                    if !ids.is_empty() {
-                        tracing::info!(count = ids.len(), "purged expired contexts");
+            match contexts.purge_expired(batch).await {
+                Ok(Some(n)) => {
+                    metrics::counter!("contexts_purged_total").increment(n as u64);
+                    if n > 0 {
+                        tracing::info!(count = n, "purged expired contexts");
                     }
-                    for id in &ids {
-                        contexts.cache.put_tombstone(*id, None).await;
-                    }
-                    if (ids.len() as i64) < batch {
+                    if (n as i64) < batch {
                         break;
                     }
                 }
