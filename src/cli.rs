@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Settings;
+use crate::config::{self, ConfigError, MigrateSettings, Settings};
 use crate::startup::App;
 use crate::store::{self, Store};
 use crate::{shutdown, telemetry};
@@ -39,31 +39,51 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
-    /// Print the effective configuration, secrets redacted.
-    Config,
+    /// Print the effective configuration, secrets redacted, after checking it.
+    Config {
+        /// Print instead the table of every setting (the README's), unchecked.
+        #[arg(long)]
+        table: bool,
+    },
 }
 
+/// A configuration error: one line on stderr, exit code 2.
+fn config_error(e: ConfigError) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(2)
+}
+
+/// Each subcommand loads and checks only the settings it uses.
 pub async fn run(cli: Cli) -> ExitCode {
-    let settings = match Settings::load() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
     match cli.command.unwrap_or(Command::Serve { migrate: false }) {
-        Command::Config => {
-            print!("{}", settings.redacted());
+        Command::Config { table: true } => {
+            print!("{}", config::markdown_table());
             ExitCode::SUCCESS
         }
-        Command::Healthcheck { timeout } => {
-            healthcheck(settings.bind_address, Duration::from_secs(timeout)).await
-        }
+        Command::Config { table: false } => match Settings::load() {
+            Ok(settings) => {
+                print!("{}", settings.redacted());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(e),
+        },
+        Command::Healthcheck { timeout } => match config::load_bind_address() {
+            Ok(bind) => healthcheck(bind, Duration::from_secs(timeout)).await,
+            Err(e) => config_error(e),
+        },
         Command::Migrate => {
+            let settings = match MigrateSettings::load() {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
             telemetry::init_logging(&settings.log);
             exit_on(migrate(&settings).await)
         }
         Command::Serve { migrate } => {
+            let settings = match Settings::load() {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
             telemetry::init_logging(&settings.log);
             if settings.auth.keys.is_none() {
                 tracing::warn!("AUTH_DISABLED=true: every caller has admin access to all contexts");
@@ -77,13 +97,10 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn migrate(settings: &Settings) -> Result<(), Box<dyn std::error::Error>> {
-    let store = Store::connect(&settings.database, settings.embeddings.dim).await?;
-    store::migrate(store.pool(), settings.embeddings.dim).await?;
-    tracing::info!(
-        embedding_dim = settings.embeddings.dim,
-        "migrations applied"
-    );
+async fn migrate(settings: &MigrateSettings) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Store::connect(&settings.database, settings.dim).await?;
+    store::migrate(store.pool(), settings.dim).await?;
+    tracing::info!(embedding_dim = settings.dim, "migrations applied");
     store.close().await;
     Ok(())
 }

@@ -8,6 +8,7 @@ mod auth;
 mod batch;
 mod cache;
 mod contexts;
+mod docs;
 mod embeddings;
 mod health;
 mod lifecycle;

@@ -1,0 +1,87 @@
+//! The README stays true to the code: its configuration table is the one the
+//! declarations generate, and its layout names what the tree holds.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md is readable")
+}
+
+/// The text between two marker lines.
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let a = text
+        .find(start)
+        .unwrap_or_else(|| panic!("README lacks {start:?}"));
+    let a = a + text[a..].find('\n').expect("a line after the marker") + 1;
+    let b = a + text[a..]
+        .find(end)
+        .unwrap_or_else(|| panic!("README lacks {end:?}"));
+    &text[a..b]
+}
+
+#[test]
+fn the_readme_configuration_table_is_the_declared_one() {
+    let text = readme();
+    let table = between(&text, "<!-- settings:", "<!-- /settings -->");
+    let declared = context_api::config::markdown_table();
+    assert_eq!(
+        table, declared,
+        "README.md's configuration table differs from the declarations: \
+         replace it with the output of `cargo run -- config --table`"
+    );
+}
+
+#[test]
+fn the_readme_layout_names_every_module_and_nothing_missing() {
+    let text = readme();
+    let layout = between(&text, "## Layout", "## Deployment");
+    let block = between(layout, "```", "```");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Names in the first column: top-level entries at column 0; src/'s own
+    // entries on the lines below it indented by two spaces, several on a
+    // line separated by ", ". Deeper indents continue a description.
+    let mut listed_src = BTreeSet::new();
+    let mut listed_top = BTreeSet::new();
+    let mut in_src = false;
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        let indent = line.len() - line.trim_start().len();
+        let first = line.trim_start().split("  ").next().unwrap_or_default();
+        let names = first.split(", ").map(str::trim).filter(|n| !n.is_empty());
+        match indent {
+            0 => {
+                in_src = first == "src/";
+                listed_top.extend(names.map(str::to_owned));
+            }
+            2 if in_src => listed_src.extend(names.map(str::to_owned)),
+            _ => {}
+        }
+    }
+    for name in &listed_top {
+        assert!(
+            root.join(name).exists(),
+            "README layout lists {name}, which does not exist"
+        );
+    }
+    for name in &listed_src {
+        assert!(
+            root.join("src").join(name).exists(),
+            "README layout lists src/{name}, which does not exist"
+        );
+    }
+    let mut present = BTreeSet::new();
+    for entry in std::fs::read_dir(root.join("src")).unwrap() {
+        let entry = entry.unwrap();
+        let mut name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().unwrap().is_dir() {
+            name.push('/');
+        }
+        present.insert(name);
+    }
+    let missing: Vec<_> = present.difference(&listed_src).collect();
+    assert!(
+        missing.is_empty(),
+        "README layout leaves out src/ entries: {missing:?}"
+    );
+}
