@@ -456,7 +456,20 @@ async fn a_body_over_the_limit_is_413() {
         .await
         .unwrap();
     assert_problem(resp, 413).await;
-    // Just under the limit is fine.
-    app.create(app.alice.id, json!({"content": {"text": "small"}}))
-        .await;
+    // A body of exactly the limit is fine.
+    let body = |n: usize| {
+        json!({"user_id": app.alice.id, "context_type": "t", "content": {"text": "x".repeat(n)}})
+            .to_string()
+    };
+    let pad = 1024 - body(0).len();
+    let at_limit = body(pad);
+    assert_eq!(at_limit.len(), 1024);
+    let resp = app
+        .req(Method::POST, "/contexts")
+        .header("content-type", "application/json")
+        .body(at_limit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
 }

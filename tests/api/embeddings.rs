@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use crate::helpers::{
     assert_close, assert_problem, eventually, spawn_app, spawn_app_with, Options, TestApp, DIM,
 };
+use crate::tei::TeiStub;
 
 async fn status_of(app: &TestApp, id: &str) -> String {
     let body: Value = app.get(id).await.json().await.unwrap();
@@ -104,20 +105,32 @@ async fn the_worker_batches_within_teis_max_client_batch_size() {
 }
 
 #[tokio::test]
-async fn two_replicas_never_embed_the_same_row_twice() {
+async fn two_replicas_share_the_backlog_and_never_embed_a_row_twice() {
+    // Each replica embeds through its own stand-in, so each one's share of
+    // the work can be counted.
     let a = spawn_app().await;
+    let b_tei = TeiStub::start(DIM, 32).await;
     a.tei.set_down(true);
-    let mut texts = vec![];
-    for i in 0..40 {
-        let text = format!("replica row {i}");
-        a.create(a.alice.id, json!({"content": {"text": text}}))
-            .await;
-        texts.push(text);
+    b_tei.set_down(true);
+    let texts: Vec<String> = (0..160).map(|i| format!("replica row {i}")).collect();
+    let items: Vec<Value> = texts
+        .iter()
+        .map(|t| json!({"user_id": a.alice.id, "context_type": "t", "content": {"text": t}}))
+        .collect();
+    let resp = a
+        .req(Method::POST, "/contexts/batch")
+        .json(&json!({"items": items}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let b = a.sibling_with_tei(b_tei.clone()).await;
+    // Slow answers: five batches of 32 take one worker over a second, so the
+    // other wakes while rows are left and claims its share.
+    for tei in [&a.tei, &b_tei] {
+        tei.set_delay(Duration::from_millis(300));
+        tei.set_down(false);
     }
-    let b = a.sibling().await;
-    // Slow answers widen the window in which both workers look for rows.
-    a.tei.set_delay(Duration::from_millis(30));
-    a.tei.set_down(false);
     let pool = a.db.pool().await;
     eventually(Duration::from_secs(30), || async {
         let n: i64 =
@@ -128,9 +141,10 @@ async fn two_replicas_never_embed_the_same_row_twice() {
         (n == 0).then_some(())
     })
     .await;
+    let (by_a, by_b) = (a.tei.inputs(), b_tei.inputs());
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for input in a.tei.inputs() {
-        *seen.entry(input).or_default() += 1;
+    for input in by_a.iter().chain(&by_b) {
+        *seen.entry(input.clone()).or_default() += 1;
     }
     for text in &texts {
         assert_eq!(
@@ -140,6 +154,18 @@ async fn two_replicas_never_embed_the_same_row_twice() {
             seen.get(text)
         );
     }
+    let share = |inputs: &[String]| {
+        inputs
+            .iter()
+            .filter(|t| t.starts_with("replica row"))
+            .count()
+    };
+    assert!(
+        share(&by_a) > 0 && share(&by_b) > 0,
+        "both replicas claim rows: a embedded {}, b {}",
+        share(&by_a),
+        share(&by_b)
+    );
     drop(b);
 }
 

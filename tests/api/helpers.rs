@@ -240,10 +240,18 @@ impl TestApp {
 
     /// A second instance on the same database, Redis prefix and TEI.
     pub async fn sibling(&self) -> TestApp {
+        self.sibling_with_tei(self.tei.clone()).await
+    }
+
+    /// Another instance on the same database, Redis prefix and keys, that
+    /// embeds through `tei`.
+    pub async fn sibling_with_tei(&self, tei: TeiStub) -> TestApp {
+        let mut overrides = self.overrides.clone();
+        overrides.push(("embedding_service_url".into(), json!(tei.url())));
         let mut other = TestApp {
             addr: "0.0.0.0:0".parse().unwrap(),
             client: reqwest::Client::new(),
-            tei: self.tei.clone(),
+            tei,
             alice: User {
                 id: self.alice.id,
                 key: self.alice.key.clone(),
@@ -253,7 +261,7 @@ impl TestApp {
                 key: self.bob.key.clone(),
             },
             prefix: self.prefix.clone(),
-            overrides: self.overrides.clone(),
+            overrides,
             shutdown: None,
             server: None,
             db: self.db.clone(),
@@ -416,19 +424,17 @@ impl Drop for TestApp {
 
 /// Asserts an RFC 9457 problem response with `status`; returns its body.
 pub async fn assert_problem(resp: Response, status: u16) -> Value {
-    assert_eq!(
-        resp.status(),
-        status,
-        "unexpected status; body: {:?}",
-        "see below"
-    );
+    let got = resp.status();
     let ct = resp
         .headers()
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
-    assert_eq!(ct, "application/problem+json");
-    let body: Value = resp.json().await.unwrap();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(got, status, "unexpected status; body: {text}");
+    assert_eq!(ct, "application/problem+json", "body: {text}");
+    let body: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("a problem body is JSON ({e}): {text}"));
     assert_eq!(body["status"], status);
     for field in ["type", "title", "detail"] {
         assert!(body[field].is_string(), "problem lacks {field}: {body}");

@@ -220,6 +220,16 @@ async fn a_filtered_search_keeps_its_recall_past_ef_search() {
         .await
         .unwrap();
     app.terminate_connections().await;
+    // The statistics count index scans: the search must go through HNSW.
+    let hnsw_scans = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'contexts_embedding_hnsw_idx'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = hnsw_scans().await;
     let q = vec![1.0f32; DIM];
     let resp = crate::helpers::eventually(std::time::Duration::from_secs(5), || async {
         let r = app
@@ -230,6 +240,11 @@ async fn a_filtered_search_keeps_its_recall_past_ef_search() {
     .await;
     let body: Value = resp.json().await.unwrap();
     assert_eq!(ids(&body).len(), 5, "{body}");
+    // Backends report their statistics within a second or so of going idle.
+    crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+        (hnsw_scans().await > before).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
