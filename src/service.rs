@@ -99,7 +99,7 @@ impl Contexts {
     /// stored only if this claim still holds them, so two workers never embed
     /// the same row and a slow embedding service holds no connection or lock.
     /// On failure the claim is released at once. Returns the rows claimed.
-    #[tracing::instrument(name = "worker.embed_pending", skip(self), err(Display))]
+    #[tracing::instrument(name = "worker.fill_pending", level = "debug", skip(self))]
     pub async fn fill_pending(&self, batch: usize, lease: Duration) -> Result<usize, ServiceError> {
         let claim = self.store.claim_pending(batch as i64, lease).await?;
         if claim.rows.is_empty() {
@@ -127,6 +127,7 @@ impl Contexts {
 
     /// Deletes up to `batch` expired rows and tombstones them in the cache.
     /// `None` when another replica holds the purge lock.
+    #[tracing::instrument(name = "worker.purge", level = "debug", skip(self))]
     pub async fn purge_expired(&self, batch: i64) -> Result<Option<usize>, ServiceError> {
         let Some(ids) = self.store.purge_expired_batch(batch).await? else {
             return Ok(None);

@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -11,20 +12,35 @@ use crate::config::{LogFormat, LogSettings};
 
 /// JSON lines on stdout (or human-readable with LOG_FORMAT=pretty). LOG_LEVEL
 /// is a level or RUST_LOG-style directives. A second call is a no-op.
+///
+/// Store, cache, embedder and worker calls are spans at debug level (ids,
+/// k, batch sizes; never secrets or content). With `context_api=debug` each
+/// span's end is logged with its busy and idle time, inside the request's
+/// span, so one request's lines show where its time went.
 pub fn init_logging(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
+    // Span timings only when debug is asked for: at info, one line a request.
+    let level = settings.level.to_ascii_lowercase();
+    let spans = if level.contains("debug") || level.contains("trace") {
+        FmtSpan::CLOSE
+    } else {
+        FmtSpan::NONE
+    };
     let _ = match settings.format {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_span_events(spans.clone())
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
                     .with_span_list(false),
             )
             .try_init(),
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().with_span_events(spans.clone()))
+            .try_init(),
     };
 }
 

@@ -135,6 +135,7 @@ impl Cache {
         }
     }
 
+    #[tracing::instrument(name = "cache.get", level = "debug", skip(self), fields(id = %id.0))]
     pub async fn get_context(&self, id: ContextId) -> Lookup {
         let Some(inner) = &self.inner else {
             return Lookup::Miss;
@@ -290,6 +291,7 @@ impl Cache {
     }
 
     /// Stores `ctx` unless the cache already holds a newer generation.
+    #[tracing::instrument(name = "cache.put", level = "debug", skip_all, fields(id = %ctx.id.0))]
     pub async fn put_context(&self, ctx: &Context) {
         let Some(inner) = &self.inner else { return };
         let json = serde_json::to_string(ctx).expect("contexts always serialize");
@@ -313,6 +315,7 @@ impl Cache {
     }
 
     /// Marks a context deleted at `generation` (`None`: removed for good).
+    #[tracing::instrument(name = "cache.tombstone", level = "debug", skip(self), fields(id = %id.0))]
     pub async fn put_tombstone(&self, id: ContextId, generation: Option<i64>) {
         let Some(inner) = &self.inner else { return };
         let generation = generation.unwrap_or(GONE);
@@ -327,6 +330,7 @@ impl Cache {
         }
     }
 
+    #[tracing::instrument(name = "cache.get_embedding", level = "debug", skip_all, fields(model))]
     pub async fn get_embedding(&self, model: &str, text: &str) -> Option<Vec<f32>> {
         let inner = self.inner.as_ref()?;
         let key = inner.embedding_key(model, text);
@@ -361,6 +365,7 @@ impl Cache {
         }
     }
 
+    #[tracing::instrument(name = "cache.put_embedding", level = "debug", skip_all, fields(model))]
     pub async fn put_embedding(&self, model: &str, text: &str, vector: &[f32]) {
         let Some(inner) = &self.inner else { return };
         let key = inner.embedding_key(model, text);

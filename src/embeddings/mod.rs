@@ -236,7 +236,7 @@ impl Embedder {
     /// Contacts the service: reads /info, then embeds a probe to learn the
     /// output dimension. A mismatch is logged once and sticks until the
     /// service answers with the right size.
-    #[tracing::instrument(name = "embedder.contact", skip_all)]
+    #[tracing::instrument(name = "embedder.contact", level = "debug", skip_all)]
     async fn contact(&self) -> Result<Info, EmbedError> {
         let answer = async {
             let info = self.client.info().await?;
@@ -296,7 +296,7 @@ impl Embedder {
 
     /// Embeds `texts`, in batches no larger than the service accepts. Every
     /// vector returned has exactly the configured dimension.
-    #[tracing::instrument(name = "embedder.embed", skip_all, fields(texts = texts.len()))]
+    #[tracing::instrument(name = "embedder.embed", level = "debug", skip_all, fields(texts = texts.len()))]
     pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let info = self.info().await?;
         let mut out = Vec::with_capacity(texts.len());

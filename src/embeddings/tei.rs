@@ -49,6 +49,7 @@ impl TeiClient {
         self.base.join(path).expect("a path joins onto a base URL")
     }
 
+    #[tracing::instrument(name = "tei.info", level = "debug", skip_all)]
     pub async fn info(&self) -> Result<TeiInfo, EmbedError> {
         let resp = self.send(|| self.http.get(self.url("info"))).await?;
         resp.json()
@@ -56,6 +57,7 @@ impl TeiClient {
             .map_err(|e| EmbedError::Unavailable(format!("unreadable /info: {e}")))
     }
 
+    #[tracing::instrument(name = "tei.embed", level = "debug", skip_all, fields(texts = inputs.len()))]
     pub async fn embed(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let body = EmbedRequest {
             inputs,

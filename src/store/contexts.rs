@@ -98,6 +98,7 @@ pub struct PendingRow {
 const VISIBLE: &str = "is_active AND (expires_at IS NULL OR expires_at > now())";
 
 impl Store {
+    #[tracing::instrument(name = "store.insert", level = "debug", skip_all, fields(id = %c.id.0))]
     pub async fn insert(&self, c: &NewContext) -> Result<Context, StoreError> {
         let row: Row = sqlx::query_as(&format!(
             "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at, embedding_text,
@@ -121,6 +122,7 @@ impl Store {
 
     /// Inserts every item in one statement (UNNEST of one array per column):
     /// all rows or none. Returns the stored contexts in the order given.
+    #[tracing::instrument(name = "store.insert_many", level = "debug", skip_all, fields(items = items.len()))]
     pub async fn insert_many(&self, items: &[NewContext]) -> Result<Vec<Context>, StoreError> {
         let n = items.len();
         let (mut ids, mut users, mut types) = (
@@ -178,6 +180,7 @@ impl Store {
     }
 
     /// A visible context, or `None`.
+    #[tracing::instrument(name = "store.get", level = "debug", skip(self), fields(id = %id.0))]
     pub async fn get(
         &self,
         id: ContextId,
@@ -194,6 +197,7 @@ impl Store {
     }
 
     /// A visible context with its embedded text, for an update.
+    #[tracing::instrument(name = "store.get_current", level = "debug", skip(self), fields(id = %id.0))]
     pub async fn get_current(&self, id: ContextId) -> Result<Option<Current>, StoreError> {
         #[derive(FromRow)]
         struct WithText {
@@ -214,6 +218,7 @@ impl Store {
     }
 
     /// Writes the new state if the stored version is still `expected`; `None` otherwise.
+    #[tracing::instrument(name = "store.update", level = "debug", skip(self, new), fields(id = %id.0))]
     pub async fn update(
         &self,
         id: ContextId,
@@ -253,6 +258,7 @@ impl Store {
 
     /// Marks a visible context inactive. `expected` guards against a stale If-Match.
     /// Returns the new version, or `None` when nothing matched.
+    #[tracing::instrument(name = "store.soft_delete", level = "debug", skip(self), fields(id = %id.0))]
     pub async fn soft_delete(
         &self,
         id: ContextId,
@@ -272,6 +278,7 @@ impl Store {
 
     /// Removes the row. A soft-deleted row may be removed too (it is only hidden);
     /// with `expected` the version must match.
+    #[tracing::instrument(name = "store.hard_delete", level = "debug", skip(self), fields(id = %id.0))]
     pub async fn hard_delete(
         &self,
         id: ContextId,
@@ -287,6 +294,7 @@ impl Store {
     }
 
     /// Newest first, after the cursor.
+    #[tracing::instrument(name = "store.list", level = "debug", skip_all, fields(limit = q.limit.get()))]
     pub async fn list(&self, q: &ListQuery) -> Result<Vec<Context>, StoreError> {
         let mut sql = QueryBuilder::<Postgres>::new(format!(
             "SELECT {COLUMNS} FROM contexts WHERE {VISIBLE}"
@@ -313,6 +321,7 @@ impl Store {
 
     /// The k nearest visible, embedded contexts by cosine similarity, best first.
     /// One statement, one round trip: see [`search_query`].
+    #[tracing::instrument(name = "store.search", level = "debug", skip_all, fields(k = k.get()))]
     pub async fn search(
         &self,
         vector: &[f32],
@@ -331,6 +340,7 @@ impl Store {
 
     /// Claims up to `limit` pending rows, unclaimed or with a lapsed claim,
     /// for `lease`: other workers skip them until it ends. One short statement.
+    #[tracing::instrument(name = "store.claim_pending", level = "debug", skip(self))]
     pub async fn claim_pending(&self, limit: i64, lease: Duration) -> Result<Claim, StoreError> {
         let token = Uuid::new_v4();
         let rows: Vec<(Uuid, String)> = sqlx::query_as(
@@ -363,6 +373,7 @@ impl Store {
     }
 
     /// Gives claimed rows back at once (the embedding call failed).
+    #[tracing::instrument(name = "store.release_claim", level = "debug", skip(self))]
     pub async fn release_claim(&self, token: Uuid) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE contexts SET embedding_claim = NULL, embedding_claimed_until = NULL
@@ -377,6 +388,7 @@ impl Store {
     /// Stores vectors for the rows `token` still claims, in one statement. A
     /// row whose text changed meanwhile lost its claim and is skipped. Does not
     /// bump `version`: the content did not change.
+    #[tracing::instrument(name = "store.fill_embeddings", level = "debug", skip_all, fields(%token, rows = filled.len()))]
     pub async fn fill_embeddings(
         &self,
         token: Uuid,
@@ -402,6 +414,7 @@ impl Store {
         Ok(rows.into_iter().map(Context::from).collect())
     }
 
+    #[tracing::instrument(name = "store.pending_count", level = "debug", skip_all)]
     pub async fn pending_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT count(*) FROM contexts WHERE embedding_status = 'pending' AND is_active",
@@ -412,6 +425,7 @@ impl Store {
 
     /// Deletes up to `batch` expired rows, if no other replica holds the purge lock.
     /// `None` when another replica is purging.
+    #[tracing::instrument(name = "store.purge", level = "debug", skip(self))]
     pub async fn purge_expired_batch(
         &self,
         batch: i64,
