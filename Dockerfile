@@ -11,9 +11,9 @@
 # ---------------------------------------------------------------- toolchain --
 FROM rust:1.95-slim-bookworm AS chef
 WORKDIR /app
-# The queries are built at runtime (no sqlx `query!` macros), so there is no
-# `.sqlx/` directory to commit; SQLX_OFFLINE=true still guarantees that the
-# build never tries to reach a database if a macro is added later.
+# The static queries are checked at compile time against the committed
+# `.sqlx/` (scripts/sqlx-prepare.sh); SQLX_OFFLINE=true keeps the build from
+# ever reaching for a database.
 # Stripped release binaries: the image ships no debug symbols.
 ENV SQLX_OFFLINE=true \
     CARGO_TERM_COLOR=never \
@@ -26,6 +26,9 @@ ENV SQLX_OFFLINE=true \
 # the image embeds with TEI, never with the in-process (candle) model.
 FROM chef AS deps
 COPY Cargo.toml Cargo.lock ./
+# The workspace's other member (the TEI stand-in) must be present for cargo to
+# read the workspace; it is small and never built here.
+COPY crates ./crates
 RUN --mount=type=cache,id=context-api-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=context-api-cargo-git,target=/usr/local/cargo/git \
     mkdir -p src tests/api \
@@ -40,6 +43,7 @@ RUN --mount=type=cache,id=context-api-cargo-registry,target=/usr/local/cargo/reg
 FROM deps AS builder
 COPY src ./src
 COPY migrations ./migrations
+COPY .sqlx ./.sqlx
 RUN --mount=type=cache,id=context-api-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=context-api-cargo-git,target=/usr/local/cargo/git \
     cargo build --release --locked --no-default-features \

@@ -100,21 +100,25 @@ const VISIBLE: &str = "is_active AND (expires_at IS NULL OR expires_at > now())"
 impl Store {
     #[tracing::instrument(name = "store.insert", level = "debug", skip_all, fields(id = %c.id.0))]
     pub async fn insert(&self, c: &NewContext) -> Result<Context, StoreError> {
-        let row: Row = sqlx::query_as(&format!(
-            "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at, embedding_text,
+        let row = sqlx::query_as!(
+            Row,
+            r#"INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at, embedding_text,
                                    embedding, embedding_status)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             RETURNING {COLUMNS}"
-        ))
-        .bind(c.id.0)
-        .bind(c.user_id.0)
-        .bind(c.context_type.as_str())
-        .bind(Json(&c.content))
-        .bind(Json(&c.metadata))
-        .bind(c.expires_at)
-        .bind(&c.text)
-        .bind(vector_of(c))
-        .bind(status_of(c).as_str())
+             RETURNING id, user_id, context_type, content AS "content: Json<JsonObject>",
+                       metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
+                       is_active, version, created_at, updated_at,
+                       NULL::vector AS "embedding?: Vector""#,
+            c.id.0,
+            c.user_id.0,
+            c.context_type.as_str(),
+            Json(&c.content) as _,
+            Json(&c.metadata) as _,
+            c.expires_at,
+            c.text,
+            vector_of(c) as _,
+            status_of(c).as_str(),
+        )
         .fetch_one(&self.pool)
         .await?;
         Ok(row.into())
@@ -151,22 +155,26 @@ impl Store {
             vectors.push(vector_of(c));
             statuses.push(status_of(c).as_str());
         }
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at, embedding_text,
+        let rows = sqlx::query_as!(
+            Row,
+            r#"INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at, embedding_text,
                                    embedding, embedding_status)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[],
                                   $6::timestamptz[], $7::text[], $8::vector[], $9::text[])
-             RETURNING {COLUMNS}"
-        ))
-        .bind(&ids)
-        .bind(&users)
-        .bind(&types)
-        .bind(&contents)
-        .bind(&metadata)
-        .bind(&expiries)
-        .bind(&texts)
-        .bind(&vectors)
-        .bind(&statuses)
+             RETURNING id, user_id, context_type, content AS "content: Json<JsonObject>",
+                       metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
+                       is_active, version, created_at, updated_at,
+                       NULL::vector AS "embedding?: Vector""#,
+            &ids,
+            &users,
+            &types as _,
+            &contents as _,
+            &metadata as _,
+            &expiries as _,
+            &texts as _,
+            &vectors as _,
+            &statuses as _,
+        )
         .fetch_all(&self.pool)
         .await?;
         // RETURNING follows no promised order: put the rows back in the caller's.
@@ -186,11 +194,17 @@ impl Store {
         id: ContextId,
         with_embedding: bool,
     ) -> Result<Option<Context>, StoreError> {
-        let extra = if with_embedding { ", embedding" } else { "" };
-        let row: Option<Row> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS}{extra} FROM contexts WHERE id = $1 AND {VISIBLE}"
-        ))
-        .bind(id.0)
+        let row = sqlx::query_as!(
+            Row,
+            r#"SELECT id, user_id, context_type, content AS "content: Json<JsonObject>",
+                       metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
+                       is_active, version, created_at, updated_at,
+                       CASE WHEN $2 THEN embedding END AS "embedding?: Vector"
+             FROM contexts
+             WHERE id = $1 AND is_active AND (expires_at IS NULL OR expires_at > now())"#,
+            id.0,
+            with_embedding,
+        )
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(Into::into))
@@ -199,20 +213,32 @@ impl Store {
     /// A visible context with its embedded text, for an update.
     #[tracing::instrument(name = "store.get_current", level = "debug", skip(self), fields(id = %id.0))]
     pub async fn get_current(&self, id: ContextId) -> Result<Option<Current>, StoreError> {
-        #[derive(FromRow)]
-        struct WithText {
-            #[sqlx(flatten)]
-            row: Row,
-            embedding_text: String,
-        }
-        let row: Option<WithText> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS}, embedding_text FROM contexts WHERE id = $1 AND {VISIBLE}"
-        ))
-        .bind(id.0)
+        let row = sqlx::query!(
+            r#"SELECT id, user_id, context_type, content AS "content: Json<JsonObject>",
+                       metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
+                       is_active, version, created_at, updated_at, embedding_text
+             FROM contexts
+             WHERE id = $1 AND is_active AND (expires_at IS NULL OR expires_at > now())"#,
+            id.0,
+        )
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|r| Current {
-            context: r.row.into(),
+            context: Row {
+                id: r.id,
+                user_id: r.user_id,
+                context_type: r.context_type,
+                content: r.content,
+                metadata: r.metadata,
+                expires_at: r.expires_at,
+                embedding_status: r.embedding_status,
+                is_active: r.is_active,
+                version: r.version,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+                embedding: None,
+            }
+            .into(),
             text: r.embedding_text,
         }))
     }
@@ -230,27 +256,31 @@ impl Store {
             EmbeddingChange::Set(v) => (false, Some(Vector::from(v)), Some(EmbeddingStatus::Ready)),
             EmbeddingChange::Pending => (false, None, Some(EmbeddingStatus::Pending)),
         };
-        let row: Option<Row> = sqlx::query_as(&format!(
-            "UPDATE contexts SET
+        let row = sqlx::query_as!(
+            Row,
+            r#"UPDATE contexts SET
                 context_type = $3, content = $4, metadata = $5, expires_at = $6, embedding_text = $7,
-                embedding = CASE WHEN $8 THEN embedding ELSE $9 END,
+                embedding = CASE WHEN $8 THEN embedding ELSE $9::vector END,
                 embedding_status = CASE WHEN $8 THEN embedding_status ELSE $10 END,
                 embedding_claim = CASE WHEN $8 THEN embedding_claim END,
                 embedding_claimed_until = CASE WHEN $8 THEN embedding_claimed_until END,
                 version = version + 1, updated_at = now()
-             WHERE id = $1 AND version = $2 AND {VISIBLE}
-             RETURNING {COLUMNS}"
-        ))
-        .bind(id.0)
-        .bind(expected)
-        .bind(new.context_type)
-        .bind(Json(new.content))
-        .bind(Json(new.metadata))
-        .bind(new.expires_at)
-        .bind(new.text)
-        .bind(keep)
-        .bind(vector)
-        .bind(status.map(EmbeddingStatus::as_str))
+             WHERE id = $1 AND version = $2 AND is_active AND (expires_at IS NULL OR expires_at > now())
+             RETURNING id, user_id, context_type, content AS "content: Json<JsonObject>",
+                       metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
+                       is_active, version, created_at, updated_at,
+                       NULL::vector AS "embedding?: Vector""#,
+            id.0,
+            expected,
+            new.context_type,
+            Json(new.content) as _,
+            Json(new.metadata) as _,
+            new.expires_at,
+            new.text,
+            keep,
+            vector as _,
+            status.map(EmbeddingStatus::as_str),
+        )
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(Into::into))
@@ -264,13 +294,18 @@ impl Store {
         id: ContextId,
         expected: Option<i32>,
     ) -> Result<Option<Context>, StoreError> {
-        let row: Option<Row> = sqlx::query_as(&format!(
-            "UPDATE contexts SET is_active = false, version = version + 1, updated_at = now()
-             WHERE id = $1 AND ($2::int IS NULL OR version = $2) AND {VISIBLE}
-             RETURNING {COLUMNS}"
-        ))
-        .bind(id.0)
-        .bind(expected)
+        let row = sqlx::query_as!(
+            Row,
+            r#"UPDATE contexts SET is_active = false, version = version + 1, updated_at = now()
+             WHERE id = $1 AND ($2::int IS NULL OR version = $2)
+               AND is_active AND (expires_at IS NULL OR expires_at > now())
+             RETURNING id, user_id, context_type, content AS "content: Json<JsonObject>",
+                       metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
+                       is_active, version, created_at, updated_at,
+                       NULL::vector AS "embedding?: Vector""#,
+            id.0,
+            expected,
+        )
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(Into::into))
@@ -284,12 +319,13 @@ impl Store {
         id: ContextId,
         expected: Option<i32>,
     ) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("DELETE FROM contexts WHERE id = $1 AND ($2::int IS NULL OR version = $2)")
-                .bind(id.0)
-                .bind(expected)
-                .execute(&self.pool)
-                .await?;
+        let done = sqlx::query!(
+            "DELETE FROM contexts WHERE id = $1 AND ($2::int IS NULL OR version = $2)",
+            id.0,
+            expected,
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -343,7 +379,7 @@ impl Store {
     #[tracing::instrument(name = "store.claim_pending", level = "debug", skip(self))]
     pub async fn claim_pending(&self, limit: i64, lease: Duration) -> Result<Claim, StoreError> {
         let token = Uuid::new_v4();
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        let rows = sqlx::query!(
             "UPDATE contexts c
              SET embedding_claim = $2, embedding_claimed_until = now() + make_interval(secs => $3)
              FROM (SELECT id FROM contexts
@@ -354,19 +390,19 @@ impl Store {
                    FOR UPDATE SKIP LOCKED) p
              WHERE c.id = p.id
              RETURNING c.id, c.embedding_text",
+            limit,
+            token,
+            lease.as_secs_f64(),
         )
-        .bind(limit)
-        .bind(token)
-        .bind(lease.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
         Ok(Claim {
             token,
             rows: rows
                 .into_iter()
-                .map(|(id, text)| PendingRow {
-                    id: ContextId(id),
-                    text,
+                .map(|r| PendingRow {
+                    id: ContextId(r.id),
+                    text: r.embedding_text,
                 })
                 .collect(),
         })
@@ -375,11 +411,11 @@ impl Store {
     /// Gives claimed rows back at once (the embedding call failed).
     #[tracing::instrument(name = "store.release_claim", level = "debug", skip(self))]
     pub async fn release_claim(&self, token: Uuid) -> Result<(), StoreError> {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE contexts SET embedding_claim = NULL, embedding_claimed_until = NULL
              WHERE embedding_claim = $1",
+            token,
         )
-        .bind(token)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -398,17 +434,20 @@ impl Store {
             .into_iter()
             .map(|(id, v)| (id.0, Vector::from(v)))
             .unzip();
-        let rows: Vec<Row> = sqlx::query_as(
-            "UPDATE contexts c SET embedding = f.embedding, embedding_status = 'ready',
+        let rows = sqlx::query_as!(
+            Row,
+            r#"UPDATE contexts c SET embedding = f.embedding, embedding_status = 'ready',
                     embedding_claim = NULL, embedding_claimed_until = NULL
              FROM UNNEST($2::uuid[], $3::vector[]) AS f(id, embedding)
              WHERE c.id = f.id AND c.embedding_claim = $1 AND c.embedding_status = 'pending'
-             RETURNING c.id, c.user_id, c.context_type, c.content, c.metadata, c.expires_at,
-                       c.embedding_status, c.is_active, c.version, c.created_at, c.updated_at",
+             RETURNING c.id, c.user_id, c.context_type, c.content AS "content: Json<JsonObject>",
+                       c.metadata AS "metadata: Json<JsonObject>", c.expires_at, c.embedding_status,
+                       c.is_active, c.version, c.created_at, c.updated_at,
+                       NULL::vector AS "embedding?: Vector""#,
+            token,
+            &ids,
+            &vectors as _,
         )
-        .bind(token)
-        .bind(&ids)
-        .bind(&vectors)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(Context::from).collect())
@@ -416,8 +455,8 @@ impl Store {
 
     #[tracing::instrument(name = "store.pending_count", level = "debug", skip_all)]
     pub async fn pending_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM contexts WHERE embedding_status = 'pending' AND is_active",
+        Ok(sqlx::query_scalar!(
+            r#"SELECT count(*) AS "count!" FROM contexts WHERE embedding_status = 'pending' AND is_active"#,
         )
         .fetch_one(&self.pool)
         .await?)
@@ -433,20 +472,22 @@ impl Store {
         // Arbitrary constant naming this job's advisory lock ("ctxpurge").
         const PURGE_LOCK: i64 = 0x6374_7870_7572_6765;
         let mut tx = self.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(PURGE_LOCK)
-            .fetch_one(&mut *tx)
-            .await?;
+        let locked = sqlx::query_scalar!(
+            r#"SELECT pg_try_advisory_xact_lock($1) AS "locked!""#,
+            PURGE_LOCK
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         if !locked {
             return Ok(None);
         }
-        let ids: Vec<Uuid> = sqlx::query_scalar(
+        let ids = sqlx::query_scalar!(
             "DELETE FROM contexts WHERE id IN (
                 SELECT id FROM contexts WHERE expires_at <= now()
                 ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
              RETURNING id",
+            batch
         )
-        .bind(batch)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -104,7 +104,7 @@ impl Store {
     /// The declared dimension of `contexts.embedding`; `None` when the table is missing.
     pub async fn column_dimension(&self) -> Result<Option<i32>, StoreError> {
         // pgvector stores the dimension as the column's type modifier.
-        let dim: Option<i32> = sqlx::query_scalar(
+        let dim = sqlx::query_scalar!(
             "SELECT a.atttypmod FROM pg_attribute a
              WHERE a.attrelid = to_regclass('contexts') AND a.attname = 'embedding' AND NOT a.attisdropped",
         )
@@ -114,7 +114,9 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query!("SELECT 1 AS one")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(())
     }
 
