@@ -31,6 +31,25 @@ struct Row {
     updated_at: DateTime<Utc>,
     #[sqlx(default)]
     embedding: Option<Vector>,
+    /// Only where a statement needs it (an update compares it).
+    #[sqlx(default)]
+    embedding_text: Option<String>,
+}
+
+/// `sqlx::query_as!(Row, ..)` with the row's columns, and their Rust types,
+/// written once: `row_query!("SELECT", "FROM contexts WHERE ..", args..)`
+/// puts them between the two pieces. The tail names the two optional
+/// columns first (`embedding?`, `embedding_text?`), usually as NULLs.
+macro_rules! row_query {
+    ($head:tt, $tail:tt $(, $($args:tt)*)?) => {
+        sqlx::query_as!(
+            Row,
+            $head + r#" id, user_id, context_type, content AS "content: Json<JsonObject>",
+                metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
+                is_active, version, created_at, updated_at, "# + $tail
+            $(, $($args)*)?
+        )
+    };
 }
 
 impl From<Row> for Context {
@@ -100,15 +119,12 @@ const VISIBLE: &str = "is_active AND (expires_at IS NULL OR expires_at > now())"
 impl Store {
     #[tracing::instrument(name = "store.insert", level = "debug", skip_all, fields(id = %c.id.0))]
     pub async fn insert(&self, c: &NewContext) -> Result<Context, StoreError> {
-        let row = sqlx::query_as!(
-            Row,
-            r#"INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at, embedding_text,
-                                   embedding, embedding_status)
+        let row = row_query!(
+            "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at,
+                                   embedding_text, embedding, embedding_status)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             RETURNING id, user_id, context_type, content AS "content: Json<JsonObject>",
-                       metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
-                       is_active, version, created_at, updated_at,
-                       NULL::vector AS "embedding?: Vector""#,
+             RETURNING",
+            r#"NULL::vector AS "embedding?: Vector", NULL::text AS "embedding_text?""#,
             c.id.0,
             c.user_id.0,
             c.context_type.as_str(),
@@ -155,16 +171,13 @@ impl Store {
             vectors.push(vector_of(c));
             statuses.push(status_of(c).as_str());
         }
-        let rows = sqlx::query_as!(
-            Row,
-            r#"INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at, embedding_text,
-                                   embedding, embedding_status)
+        let rows = row_query!(
+            "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at,
+                                   embedding_text, embedding, embedding_status)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[],
                                   $6::timestamptz[], $7::text[], $8::vector[], $9::text[])
-             RETURNING id, user_id, context_type, content AS "content: Json<JsonObject>",
-                       metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
-                       is_active, version, created_at, updated_at,
-                       NULL::vector AS "embedding?: Vector""#,
+             RETURNING",
+            r#"NULL::vector AS "embedding?: Vector", NULL::text AS "embedding_text?""#,
             &ids,
             &users,
             &types as _,
@@ -194,12 +207,9 @@ impl Store {
         id: ContextId,
         with_embedding: bool,
     ) -> Result<Option<Context>, StoreError> {
-        let row = sqlx::query_as!(
-            Row,
-            r#"SELECT id, user_id, context_type, content AS "content: Json<JsonObject>",
-                       metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
-                       is_active, version, created_at, updated_at,
-                       CASE WHEN $2 THEN embedding END AS "embedding?: Vector"
+        let row = row_query!(
+            "SELECT",
+            r#"CASE WHEN $2 THEN embedding END AS "embedding?: Vector", NULL::text AS "embedding_text?"
              FROM contexts
              WHERE id = $1 AND is_active AND (expires_at IS NULL OR expires_at > now())"#,
             id.0,
@@ -213,33 +223,21 @@ impl Store {
     /// A visible context with its embedded text, for an update.
     #[tracing::instrument(name = "store.get_current", level = "debug", skip(self), fields(id = %id.0))]
     pub async fn get_current(&self, id: ContextId) -> Result<Option<Current>, StoreError> {
-        let row = sqlx::query!(
-            r#"SELECT id, user_id, context_type, content AS "content: Json<JsonObject>",
-                       metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
-                       is_active, version, created_at, updated_at, embedding_text
+        let row = row_query!(
+            "SELECT",
+            r#"NULL::vector AS "embedding?: Vector", embedding_text AS "embedding_text?"
              FROM contexts
              WHERE id = $1 AND is_active AND (expires_at IS NULL OR expires_at > now())"#,
             id.0,
         )
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| Current {
-            context: Row {
-                id: r.id,
-                user_id: r.user_id,
-                context_type: r.context_type,
-                content: r.content,
-                metadata: r.metadata,
-                expires_at: r.expires_at,
-                embedding_status: r.embedding_status,
-                is_active: r.is_active,
-                version: r.version,
-                created_at: r.created_at,
-                updated_at: r.updated_at,
-                embedding: None,
+        Ok(row.map(|mut r| {
+            let text = r.embedding_text.take().unwrap_or_default();
+            Current {
+                context: r.into(),
+                text,
             }
-            .into(),
-            text: r.embedding_text,
         }))
     }
 
@@ -256,9 +254,8 @@ impl Store {
             EmbeddingChange::Set(v) => (false, Some(Vector::from(v)), Some(EmbeddingStatus::Ready)),
             EmbeddingChange::Pending => (false, None, Some(EmbeddingStatus::Pending)),
         };
-        let row = sqlx::query_as!(
-            Row,
-            r#"UPDATE contexts SET
+        let row = row_query!(
+            "UPDATE contexts SET
                 context_type = $3, content = $4, metadata = $5, expires_at = $6, embedding_text = $7,
                 embedding = CASE WHEN $8 THEN embedding ELSE $9::vector END,
                 embedding_status = CASE WHEN $8 THEN embedding_status ELSE $10 END,
@@ -266,10 +263,8 @@ impl Store {
                 embedding_claimed_until = CASE WHEN $8 THEN embedding_claimed_until END,
                 version = version + 1, updated_at = now()
              WHERE id = $1 AND version = $2 AND is_active AND (expires_at IS NULL OR expires_at > now())
-             RETURNING id, user_id, context_type, content AS "content: Json<JsonObject>",
-                       metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
-                       is_active, version, created_at, updated_at,
-                       NULL::vector AS "embedding?: Vector""#,
+             RETURNING",
+            r#"NULL::vector AS "embedding?: Vector", NULL::text AS "embedding_text?""#,
             id.0,
             expected,
             new.context_type,
@@ -294,15 +289,12 @@ impl Store {
         id: ContextId,
         expected: Option<i32>,
     ) -> Result<Option<Context>, StoreError> {
-        let row = sqlx::query_as!(
-            Row,
-            r#"UPDATE contexts SET is_active = false, version = version + 1, updated_at = now()
+        let row = row_query!(
+            "UPDATE contexts SET is_active = false, version = version + 1, updated_at = now()
              WHERE id = $1 AND ($2::int IS NULL OR version = $2)
                AND is_active AND (expires_at IS NULL OR expires_at > now())
-             RETURNING id, user_id, context_type, content AS "content: Json<JsonObject>",
-                       metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
-                       is_active, version, created_at, updated_at,
-                       NULL::vector AS "embedding?: Vector""#,
+             RETURNING",
+            r#"NULL::vector AS "embedding?: Vector", NULL::text AS "embedding_text?""#,
             id.0,
             expected,
         )
@@ -434,16 +426,13 @@ impl Store {
             .into_iter()
             .map(|(id, v)| (id.0, Vector::from(v)))
             .unzip();
-        let rows = sqlx::query_as!(
-            Row,
-            r#"UPDATE contexts c SET embedding = f.embedding, embedding_status = 'ready',
+        let rows = row_query!(
+            "UPDATE contexts SET embedding = f.vector, embedding_status = 'ready',
                     embedding_claim = NULL, embedding_claimed_until = NULL
-             FROM UNNEST($2::uuid[], $3::vector[]) AS f(id, embedding)
-             WHERE c.id = f.id AND c.embedding_claim = $1 AND c.embedding_status = 'pending'
-             RETURNING c.id, c.user_id, c.context_type, c.content AS "content: Json<JsonObject>",
-                       c.metadata AS "metadata: Json<JsonObject>", c.expires_at, c.embedding_status,
-                       c.is_active, c.version, c.created_at, c.updated_at,
-                       NULL::vector AS "embedding?: Vector""#,
+             FROM UNNEST($2::uuid[], $3::vector[]) AS f(claimed, vector)
+             WHERE id = f.claimed AND embedding_claim = $1 AND embedding_status = 'pending'
+             RETURNING",
+            r#"NULL::vector AS "embedding?: Vector", NULL::text AS "embedding_text?""#,
             token,
             &ids,
             &vectors as _,
