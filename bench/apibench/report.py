@@ -82,6 +82,22 @@ def fmt_mib(kib) -> str:
     return "—" if kib is None else f"{kib / 1024:.0f} MiB"
 
 
+
+def _label(ax, x, names, ylabel: str, title: str) -> None:
+    """Log scale, one tick a scenario, the labels, legend and grid of a chart."""
+    ax.set_yscale("log")
+    ax.set_xticks(list(x), names, rotation=30, ha="right", fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _save(fig, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
 def charts(path_prefix: Path, concs: list[int], order: list[str], results: dict, limits: dict,
            pool_limits: dict, pool_size: int) -> tuple[Path, Path]:
     """Throughput against the limit, and latency percentiles, one panel per concurrency."""
@@ -103,15 +119,8 @@ def charts(path_prefix: Path, concs: list[int], order: list[str], results: dict,
         for i, (a, b) in enumerate(zip(api, lim, strict=True)):
             if b:
                 ax.annotate(f"{a / b:.2f}", (i - 0.27, a), ha="center", va="bottom", fontsize=8)
-        ax.set_yscale("log")
-        ax.set_xticks(list(x), names, rotation=30, ha="right", fontsize=9)
-        ax.set_ylabel("requests/s (log)")
-        ax.set_title(f"{c} connections: throughput, API/limit ratio above the API bar")
-        ax.legend(fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(tput, dpi=90)
-    plt.close(fig)
+        _label(ax, x, names, "requests/s (log)", f"{c} connections: throughput, API/limit ratio above the API bar")
+    _save(fig, tput)
 
     fig, axes = plt.subplots(len(concs), 1, figsize=(13, 4.2 * len(concs)), squeeze=False)
     for ax, c in zip(axes[:, 0], concs, strict=True):
@@ -120,13 +129,6 @@ def charts(path_prefix: Path, concs: list[int], order: list[str], results: dict,
         x = range(len(names))
         for off, key, color in ((-0.27, "p50", "#8fbbd9"), (0, "p90", "#3b75af"), (0.27, "p99", "#1b3b5a")):
             ax.bar([i + off for i in x], [s[key] / 1000 for s in ss], 0.27, label=key, color=color)
-        ax.set_yscale("log")
-        ax.set_xticks(list(x), names, rotation=30, ha="right", fontsize=9)
-        ax.set_ylabel("latency ms (log)")
-        ax.set_title(f"{c} connections: latency percentiles (wrk)")
-        ax.legend(fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(lat, dpi=90)
-    plt.close(fig)
+        _label(ax, x, names, "latency ms (log)", f"{c} connections: latency percentiles (wrk)")
+    _save(fig, lat)
     return tput, lat

@@ -1,7 +1,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_app, DIM};
+use crate::helpers::{assert_problem, spawn_app, SendExt, DIM};
 
 #[tokio::test]
 async fn every_contexts_route_needs_a_bearer_key() {
@@ -20,9 +20,8 @@ async fn every_contexts_route_needs_a_bearer_key() {
             .client
             .request(method.clone(), app.url(&path))
             .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(
             resp.headers()["www-authenticate"],
             "Bearer",
@@ -32,14 +31,13 @@ async fn every_contexts_route_needs_a_bearer_key() {
         let resp = app
             .req_as("wrong-key", method.clone(), &path)
             .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_problem(resp, 401).await;
     }
     // Probes stay open.
     for path in ["/health", "/ready", "/metrics"] {
-        let resp = app.client.get(app.url(path)).send().await.unwrap();
+        let resp = app.client.get(app.url(path)).sent().await;
         assert_eq!(resp.status(), 200, "{path}");
     }
 }
@@ -50,17 +48,15 @@ async fn a_user_key_writes_only_its_own_user() {
     let resp = app
         .req_as(&app.alice.key, Method::POST, "/contexts")
         .json(&json!({"user_id": app.bob.id, "context_type": "t", "content": {"text": "x"}}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_problem(resp, 403).await;
     // Without user_id a user key writes for itself.
     let resp = app
         .req_as(&app.alice.key, Method::POST, "/contexts")
         .json(&json!({"context_type": "t", "content": {"text": "mine"}}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 201);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["user_id"], json!(app.alice.id));
@@ -73,38 +69,28 @@ async fn another_users_context_is_404_for_read_update_and_delete() {
         .create(app.bob.id, json!({"content": {"text": "bob's secret"}}))
         .await;
     let path = format!("/contexts/{}", c["id"].as_str().unwrap());
-    let resp = app
-        .req_as(&app.alice.key, Method::GET, &path)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.req_as(&app.alice.key, Method::GET, &path).sent().await;
     assert_problem(resp, 404).await;
     let resp = app
         .req_as(&app.alice.key, Method::PATCH, &path)
         .json(&json!({"metadata": {"x": 1}}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_problem(resp, 404).await;
     let resp = app
         .req_as(&app.alice.key, Method::DELETE, &path)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_problem(resp, 404).await;
     // Bob's key and the admin key see it.
     assert_eq!(
         app.req_as(&app.bob.key, Method::GET, &path)
-            .send()
+            .sent()
             .await
-            .unwrap()
             .status(),
         200
     );
-    assert_eq!(
-        app.req(Method::GET, &path).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(app.req(Method::GET, &path).sent().await.status(), 200);
 }
 
 #[tokio::test]
@@ -120,9 +106,8 @@ async fn list_and_search_are_confined_to_the_keys_user() {
 
     let page: Value = app
         .req_as(&app.alice.key, Method::GET, "/contexts")
-        .send()
+        .sent()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -135,17 +120,15 @@ async fn list_and_search_are_confined_to_the_keys_user() {
             Method::GET,
             &format!("/contexts?user_id={}", app.bob.id),
         )
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_problem(resp, 403).await;
 
     let body: Value = app
         .req_as(&app.alice.key, Method::POST, "/contexts/search")
         .json(&json!({"query": "apple pie"}))
-        .send()
+        .sent()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -155,8 +138,7 @@ async fn list_and_search_are_confined_to_the_keys_user() {
     let resp = app
         .req_as(&app.alice.key, Method::POST, "/contexts/search")
         .json(&json!({"vector": vec![0.5f32; DIM], "user_id": app.bob.id}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_problem(resp, 403).await;
 }

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with, Options, ADMIN_KEY, DIM};
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with, Options, SendExt, ADMIN_KEY, DIM};
 
 fn vector(seed: f32) -> Vec<f32> {
     (0..DIM).map(|i| ((i as f32) * seed).sin() + 1.5).collect()
@@ -12,9 +12,8 @@ fn vector(seed: f32) -> Vec<f32> {
 async fn batch(app: &crate::helpers::TestApp, key: &str, items: Value) -> reqwest::Response {
     app.req_as(key, Method::POST, "/contexts/batch")
         .json(&json!({ "items": items }))
-        .send()
+        .sent()
         .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -147,9 +146,8 @@ async fn a_batch_holds_one_to_a_thousand_items_and_needs_a_key() {
         .client
         .post(app.url("/contexts/batch"))
         .json(&json!({"items": [item]}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_problem(resp, 401).await;
 }
 

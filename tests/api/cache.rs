@@ -1,7 +1,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_app};
+use crate::helpers::{assert_problem, spawn_app, SendExt};
 
 async fn metadata_of(app: &crate::helpers::TestApp, id: &str) -> Value {
     let resp = app.get(id).await;
@@ -64,9 +64,8 @@ async fn writes_invalidate_across_two_instances_sharing_redis() {
     let resp = a
         .req(Method::PATCH, &format!("/contexts/{id}"))
         .json(&json!({"metadata": {"v": 2}}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(metadata_of(&b, id).await, json!({"v": 2}));
     assert_eq!(metadata_of(&a, id).await, json!({"v": 2}));
@@ -75,18 +74,16 @@ async fn writes_invalidate_across_two_instances_sharing_redis() {
     let resp = b
         .req(Method::PATCH, &format!("/contexts/{id}"))
         .json(&json!({"metadata": {"v": 3}}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(metadata_of(&a, id).await, json!({"v": 3}));
 
     // Delete through A: B answers 404 at once.
     let resp = a
         .req(Method::DELETE, &format!("/contexts/{id}"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 204);
     assert_problem(b.get(id).await, 404).await;
 }
@@ -103,9 +100,8 @@ async fn an_older_version_never_overwrites_a_newer_cache_entry() {
     let id = c["id"].as_str().unwrap();
     app.req(Method::PATCH, &format!("/contexts/{id}"))
         .json(&json!({"metadata": {"v": 2}}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     // Simulate a slow reader putting back what it read before the write.
     let mut stale = c.clone();
     stale["metadata"] = json!({"v": 1});
@@ -197,17 +193,15 @@ async fn reads_are_served_in_process_and_writes_elsewhere_invalidate_them() {
         let resp = a
             .req(Method::PATCH, &format!("/contexts/{id}"))
             .json(&json!({"metadata": {"v": v}}))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(resp.status(), 200);
         assert_eq!(metadata_of(&b, id).await, json!({"v": v}));
     }
     let resp = b
         .req(Method::DELETE, &format!("/contexts/{id}"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 204);
     assert_problem(a.get(id).await, 404).await;
 }

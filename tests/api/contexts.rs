@@ -2,7 +2,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{assert_close, assert_problem, spawn_app, spawn_app_with, Options, DIM};
+use crate::helpers::{
+    assert_close, assert_problem, spawn_app, spawn_app_with, Options, SendExt, DIM,
+};
 
 #[tokio::test]
 async fn create_returns_201_location_etag_and_the_context() {
@@ -15,9 +17,8 @@ async fn create_returns_201_location_etag_and_the_context() {
             "content": {"text": "likes green tea", "source": "chat"},
             "metadata": {"lang": "en"}
         }))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 201);
     let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
@@ -46,9 +47,8 @@ async fn create_returns_201_location_etag_and_the_context() {
         .client
         .get(app.url(&location))
         .bearer_auth(crate::helpers::ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["etag"], "\"1\"");
     let fetched: Value = resp.json().await.unwrap();
@@ -103,9 +103,8 @@ async fn get_is_404_for_absent_soft_deleted_and_expired() {
     let id = c["id"].as_str().unwrap();
     let resp = app
         .req(Method::DELETE, &format!("/contexts/{id}"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 204);
     assert_problem(app.get(id).await, 404).await;
 
@@ -139,9 +138,8 @@ async fn hard_delete_removes_the_row() {
     let id = c["id"].as_str().unwrap();
     let resp = app
         .req(Method::DELETE, &format!("/contexts/{id}?hard=true"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 204);
     let pool = app.db.pool().await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM contexts WHERE id = $1::uuid")
@@ -153,9 +151,8 @@ async fn hard_delete_removes_the_row() {
     assert_problem(app.get(id).await, 404).await;
     let resp = app
         .req(Method::DELETE, &format!("/contexts/{id}?hard=true"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_problem(resp, 404).await;
 }
 
@@ -181,9 +178,8 @@ async fn ttl_seconds_sets_expires_at_and_both_is_422() {
             &json!({"user_id": app.alice.id, "context_type": "t", "content": {},
                       "ttl_seconds": 5, "expires_at": "2030-01-01T00:00:00Z"}),
         )
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_problem(resp, 422).await;
 }
 
@@ -203,9 +199,8 @@ async fn patch_replaces_given_fields_bumps_version_and_reembeds_on_text_change()
     let resp = app
         .req(Method::PATCH, &format!("/contexts/{id}"))
         .json(&json!({"metadata": {"b": 2}}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["etag"], "\"2\"");
     let body: Value = resp.json().await.unwrap();
@@ -222,9 +217,8 @@ async fn patch_replaces_given_fields_bumps_version_and_reembeds_on_text_change()
     let resp = app
         .req(Method::PATCH, &format!("/contexts/{id}"))
         .json(&json!({"content": {"text": "second words"}, "context_type": "fact"}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["version"], 3);
@@ -240,17 +234,15 @@ async fn patch_replaces_given_fields_bumps_version_and_reembeds_on_text_change()
     let resp = app
         .req(Method::PATCH, &format!("/contexts/{id}"))
         .json(&json!({"ttl_seconds": 60}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     let body: Value = resp.json().await.unwrap();
     assert!(body["expires_at"].is_string());
     let resp = app
         .req(Method::PATCH, &format!("/contexts/{id}"))
         .json(&json!({"expires_at": null}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     let body: Value = resp.json().await.unwrap();
     assert!(body["expires_at"].is_null());
     assert_eq!(body["version"], 5);
@@ -269,32 +261,28 @@ async fn if_match_is_honored_on_patch_and_delete() {
         .req(Method::PATCH, &path)
         .header("if-match", "\"1\"")
         .json(&json!({"metadata": {"v": 2}}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 200);
     // A client still holding version 1 is refused.
     let resp = app
         .req(Method::PATCH, &path)
         .header("if-match", "\"1\"")
         .json(&json!({"metadata": {"v": 3}}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_problem(resp, 412).await;
     let resp = app
         .req(Method::DELETE, &path)
         .header("if-match", "\"1\"")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_problem(resp, 412).await;
     let resp = app
         .req(Method::DELETE, &path)
         .header("if-match", "garbage")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_problem(resp, 412).await;
     // The stored context is untouched by the refused writes.
     let body: Value = app.get(id).await.json().await.unwrap();
@@ -303,9 +291,8 @@ async fn if_match_is_honored_on_patch_and_delete() {
     let resp = app
         .req(Method::DELETE, &path)
         .header("if-match", "\"2\"")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 204);
 }
 
@@ -422,26 +409,20 @@ async fn client_errors_are_problems_never_500() {
         json!({"context_type": "t", "content": {}}),
     ];
     for body in bad {
-        let resp = app
-            .req(Method::POST, "/contexts")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let resp = app.req(Method::POST, "/contexts").json(&body).sent().await;
         assert_problem(resp, 422).await;
     }
     assert_problem(app.get("not-a-uuid").await, 422).await;
     for query in ["limit=0", "limit=abc", "cursor=zzz", "user_id=nope"] {
         let resp = app
             .req(Method::GET, &format!("/contexts?{query}"))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_problem(resp, 422).await;
     }
-    let resp = app.req(Method::PUT, "/contexts").send().await.unwrap();
+    let resp = app.req(Method::PUT, "/contexts").sent().await;
     assert_problem(resp, 405).await;
-    let resp = app.req(Method::GET, "/nowhere").send().await.unwrap();
+    let resp = app.req(Method::GET, "/nowhere").sent().await;
     assert_problem(resp, 404).await;
 }
 
@@ -452,9 +433,8 @@ async fn a_body_over_the_limit_is_413() {
     let resp = app
         .req(Method::POST, "/contexts")
         .json(&json!({"user_id": app.alice.id, "context_type": "t", "content": {"text": big}}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_problem(resp, 413).await;
     // A body of exactly the limit is fine.
     let body = |n: usize| {
@@ -468,8 +448,7 @@ async fn a_body_over_the_limit_is_413() {
         .req(Method::POST, "/contexts")
         .header("content-type", "application/json")
         .body(at_limit)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
 }

@@ -5,7 +5,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_close, assert_problem, eventually, spawn_app, spawn_app_with, Options, TestApp, DIM,
+    assert_close, assert_problem, eventually, spawn_app, spawn_app_with, Options, SendExt, TestApp,
+    DIM,
 };
 use crate::tei::TeiStub;
 
@@ -50,9 +51,8 @@ async fn writes_succeed_pending_while_tei_is_down_and_are_filled_when_it_returns
     let resp = app
         .req(Method::PATCH, &format!("/contexts/{id}"))
         .json(&json!({"text": "new words after the outage"}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 200);
 
     app.tei.set_down(false);
@@ -120,9 +120,8 @@ async fn two_replicas_share_the_backlog_and_never_embed_a_row_twice() {
     let resp = a
         .req(Method::POST, "/contexts/batch")
         .json(&json!({"items": items}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     let b = a.sibling_with_tei(b_tei.clone()).await;
     // Slow answers: five batches of 32 take one worker over a second, so the

@@ -1,12 +1,12 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, spawn_app_with, Options};
+use crate::helpers::{spawn_app, spawn_app_with, Options, SendExt};
 
 #[tokio::test]
 async fn health_is_alive_without_touching_dependencies() {
     let app = spawn_app().await;
-    let resp = app.client.get(app.url("/health")).send().await.unwrap();
+    let resp = app.client.get(app.url("/health")).sent().await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body, serde_json::json!({"status": "alive"}));
@@ -15,7 +15,7 @@ async fn health_is_alive_without_touching_dependencies() {
 #[tokio::test]
 async fn ready_reports_each_dependency() {
     let app = spawn_app().await;
-    let resp = app.client.get(app.url("/ready")).send().await.unwrap();
+    let resp = app.client.get(app.url("/ready")).sent().await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "ready");
@@ -29,7 +29,7 @@ async fn ready_is_degraded_when_required_redis_is_down_but_not_when_optional() {
     // A port where nothing listens.
     let dead = "redis://127.0.0.1:1";
     let app = spawn_app_with(Options::default().set("redis_url", dead)).await;
-    let resp = app.client.get(app.url("/ready")).send().await.unwrap();
+    let resp = app.client.get(app.url("/ready")).sent().await;
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "degraded");
@@ -41,7 +41,7 @@ async fn ready_is_degraded_when_required_redis_is_down_but_not_when_optional() {
             .set("redis_optional", true),
     )
     .await;
-    let resp = app.client.get(app.url("/ready")).send().await.unwrap();
+    let resp = app.client.get(app.url("/ready")).sent().await;
     assert_eq!(resp.status(), 200);
 
     // And a Redis outage never fails a request: the cache is bypassed.
@@ -69,7 +69,7 @@ async fn ready_is_degraded_when_postgres_is_gone() {
     ))
     .await;
     app.terminate_connections().await;
-    let resp = app.client.get(app.url("/ready")).send().await.unwrap();
+    let resp = app.client.get(app.url("/ready")).sent().await;
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "degraded");
@@ -81,9 +81,8 @@ async fn ready_is_degraded_when_postgres_is_gone() {
             Method::GET,
             "/contexts/0190b7a0-0000-7000-8000-000000000000",
         )
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
 
@@ -109,7 +108,7 @@ async fn metrics_are_prometheus_text_labelled_by_route_template() {
             .status(),
         200
     );
-    let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let resp = app.client.get(app.url("/metrics")).sent().await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"]
         .to_str()
@@ -144,11 +143,10 @@ async fn request_id_is_echoed_or_generated() {
         .client
         .get(app.url("/health"))
         .header("x-request-id", "abc-123")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.headers()["x-request-id"], "abc-123");
-    let resp = app.client.get(app.url("/health")).send().await.unwrap();
+    let resp = app.client.get(app.url("/health")).sent().await;
     let generated = resp.headers()["x-request-id"].to_str().unwrap();
     assert_eq!(generated.len(), 36, "a UUID: {generated}");
 }

@@ -305,12 +305,7 @@ impl TestApp {
         if body.get("context_type").is_none() {
             body["context_type"] = json!("note");
         }
-        let resp = self
-            .req(Method::POST, "/contexts")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let resp = self.req(Method::POST, "/contexts").json(&body).sent().await;
         assert_eq!(
             resp.status(),
             201,
@@ -322,17 +317,15 @@ impl TestApp {
 
     pub async fn get(&self, id: &str) -> Response {
         self.req(Method::GET, &format!("/contexts/{id}"))
-            .send()
+            .sent()
             .await
-            .unwrap()
     }
 
     /// GET `path` with the admin key; the JSON body, whatever the status.
     pub async fn get_json(&self, path: &str) -> Value {
         self.req(Method::GET, path)
-            .send()
+            .sent()
             .await
-            .unwrap()
             .json()
             .await
             .unwrap()
@@ -351,9 +344,8 @@ impl TestApp {
     pub async fn ready_json(&self) -> Value {
         self.client
             .get(self.url("/ready"))
-            .send()
+            .sent()
             .await
-            .unwrap()
             .json()
             .await
             .unwrap()
@@ -374,7 +366,7 @@ impl TestApp {
         let req = self
             .req(Method::POST, "/contexts/search")
             .json(&json!({ "query": query }));
-        tokio::spawn(async move { req.send().await.unwrap().status() })
+        tokio::spawn(async move { req.sent().await.status() })
     }
 
     /// Runs `sql` on the server's maintenance database (for statements about
@@ -397,9 +389,8 @@ impl TestApp {
     pub async fn search(&self, body: Value) -> Response {
         self.req(Method::POST, "/contexts/search")
             .json(&body)
-            .send()
+            .sent()
             .await
-            .unwrap()
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
@@ -419,6 +410,18 @@ impl Drop for TestApp {
         if let Some(h) = self.server.take() {
             h.abort();
         }
+    }
+}
+
+/// Sending without the boilerplate: the tests talk to a live server on
+/// loopback, where a transport error is itself a failure.
+pub trait SendExt {
+    fn sent(self) -> impl std::future::Future<Output = Response> + Send;
+}
+
+impl SendExt for reqwest::RequestBuilder {
+    async fn sent(self) -> Response {
+        self.send().await.expect("the request reaches the server")
     }
 }
 

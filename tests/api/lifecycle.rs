@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_problem, eventually, redis_url, spawn_app_with, Options, TestDb, ADMIN_KEY, DIM,
+    assert_problem, eventually, redis_url, spawn_app_with, Options, SendExt, TestDb, ADMIN_KEY, DIM,
 };
 use crate::tei::TeiStub;
 
@@ -21,7 +21,7 @@ async fn beyond_the_concurrency_cap_requests_get_503_at_once() {
     let slow = app.spawn_search("slow query");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
-    let resp = app.req(Method::GET, "/contexts").send().await.unwrap();
+    let resp = app.req(Method::GET, "/contexts").sent().await;
     assert!(
         started.elapsed() < Duration::from_millis(500),
         "refused at once, not queued"
@@ -30,23 +30,11 @@ async fn beyond_the_concurrency_cap_requests_get_503_at_once() {
     assert_problem(resp, 503).await;
     // Probes are not subject to the cap.
     assert_eq!(
-        app.client
-            .get(app.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        app.client.get(app.url("/health")).sent().await.status(),
         200
     );
     assert_eq!(slow.await.unwrap(), 200);
-    assert_eq!(
-        app.req(Method::GET, "/contexts")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.req(Method::GET, "/contexts").sent().await.status(), 200);
 }
 
 #[tokio::test]
@@ -112,7 +100,7 @@ async fn in_process_shutdown_drains_and_lets_a_slow_request_finish() {
         app.stop().await;
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let resp = client.get(&ready_url).send().await.unwrap();
+    let resp = client.get(&ready_url).sent().await;
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "draining");
@@ -200,7 +188,7 @@ async fn the_binary_drains_on_sigterm_finishes_the_slow_request_and_exits_0() {
         .unwrap()
         .success());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let resp = client.get(format!("{base}/ready")).send().await.unwrap();
+    let resp = client.get(format!("{base}/ready")).sent().await;
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "draining");

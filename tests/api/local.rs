@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, cosine, model_dir, spawn_app_with, Options};
+use crate::helpers::{assert_problem, cosine, model_dir, spawn_app_with, Options, SendExt};
 
 const MINILM_DIM: usize = 384;
 
@@ -126,7 +126,7 @@ async fn a_full_queue_answers_like_an_overloaded_tei() {
         let req = app
             .req(Method::POST, "/contexts/search")
             .json(&json!({"query": format!("{i} {long}")}));
-        tasks.push(tokio::spawn(async move { req.send().await.unwrap() }));
+        tasks.push(tokio::spawn(async move { req.sent().await }));
     }
     let mut ok = 0;
     let mut refused = 0;

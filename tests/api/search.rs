@@ -1,7 +1,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, cosine, spawn_app, DIM};
+use crate::helpers::{assert_problem, cosine, spawn_app, SendExt, DIM};
 
 /// Deterministic pseudo-random vectors (xorshift), no two alike.
 fn vectors(n: usize, seed: u64) -> Vec<Vec<f32>> {
@@ -171,9 +171,8 @@ async fn deleted_and_expired_contexts_are_never_found() {
         Method::DELETE,
         &format!("/contexts/{}", gone["id"].as_str().unwrap()),
     )
-    .send()
-    .await
-    .unwrap();
+    .sent()
+    .await;
     let pool = app.db.pool().await;
     sqlx::query("UPDATE contexts SET expires_at = now() - interval '1 second' WHERE id = $1::uuid")
         .bind(expired["id"].as_str().unwrap())
@@ -269,8 +268,7 @@ async fn search_input_is_validated() {
         .req(Method::POST, "/contexts/search")
         .body("{")
         .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_problem(resp, 400).await;
 }

@@ -47,5 +47,11 @@ async fn main() {
         "tei-stub: {} dim={} on http://{}:{}",
         args.model_id, args.dim, args.host, args.port
     );
-    let _ = tokio::signal::ctrl_c().await;
+    // SIGINT or SIGTERM: as PID 1 in a container, SIGTERM has no default action.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
