@@ -271,8 +271,12 @@ impl Contexts {
         if_match: Option<i32>,
     ) -> Result<Context, ServiceError> {
         // Optimistic: read, compute, write if the version is unchanged. No row
-        // lock is held while the embedding service is called.
-        for _ in 0..5 {
+        // lock is held while the embedding service is called. A lost race means
+        // another write succeeded, so every round makes progress: without
+        // If-Match the patch is applied on top of whatever won, however many
+        // writers there are (the request timeout bounds the wait); with
+        // If-Match the next round answers 412.
+        loop {
             let current = self
                 .store
                 .get_current(id)
@@ -320,12 +324,7 @@ impl Contexts {
                 self.after_write(&updated).await;
                 return Ok(updated);
             }
-            // Lost a race: with If-Match that is the client's 412 (next loop);
-            // without, apply the patch on top of the newer state.
         }
-        Err(ServiceError::PreconditionFailed {
-            expected: if_match.unwrap_or_default(),
-        })
     }
 
     pub async fn delete(

@@ -127,6 +127,22 @@ impl Embedding {
     }
 }
 
+/// An instant PostgreSQL can store and clients can read back: the four-digit
+/// years of RFC 3339 (chrono parses years to ±262,143; Postgres stops at 4713 BC).
+pub fn storable_instant(
+    field: &'static str,
+    at: DateTime<Utc>,
+) -> Result<DateTime<Utc>, ValidationError> {
+    use chrono::Datelike;
+    if !(1..=9999).contains(&at.year()) {
+        return Err(ValidationError::new(
+            field,
+            "must be between the years 0001 and 9999",
+        ));
+    }
+    Ok(at)
+}
+
 /// How long a context lives: an instant, or a TTL from now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expiry {
@@ -145,7 +161,7 @@ impl Expiry {
                 "expires_at",
                 "give expires_at or ttl_seconds, not both",
             )),
-            (Some(at), None) => Ok(Some(Expiry::At(at))),
+            (Some(at), None) => Ok(Some(Expiry::At(storable_instant("expires_at", at)?))),
             (None, Some(s)) if s <= 0 => {
                 Err(ValidationError::new("ttl_seconds", "must be positive"))
             }

@@ -12,8 +12,9 @@ use uuid::Uuid;
 use super::extract::{if_match, AppJson, AppQuery, Caller};
 use crate::auth::Scope;
 use crate::domain::{
-    embedding_text, json_object, Context, ContextId, ContextPatch, ContextType, Cursor, Embedding,
-    EmbeddingStatus, Expiry, JsonObject, ListQuery, NewContext, PageLimit, UserId, ValidationError,
+    embedding_text, json_object, storable_instant, Context, ContextId, ContextPatch, ContextType,
+    Cursor, Embedding, EmbeddingStatus, Expiry, JsonObject, ListQuery, NewContext, PageLimit,
+    UserId, ValidationError,
 };
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -205,7 +206,10 @@ impl PatchContextRequest {
                     "give expires_at or ttl_seconds, not both",
                 ))
             }
-            (Some(at), None) => Some(at),
+            (Some(at), None) => Some(
+                at.map(|at| storable_instant("expires_at", at))
+                    .transpose()?,
+            ),
             (None, ttl @ Some(_)) => Expiry::parse(None, ttl)?.map(|e| Some(e.resolve(Utc::now()))),
             (None, None) => None,
         };

@@ -1,6 +1,7 @@
 //! Extractors whose rejections come out as problem responses, and the caller's
 //! identity from the Authorization header.
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -11,8 +12,9 @@ use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::state::AuthState;
 
-/// `Json` whose rejections are problems: 400 syntax, 413 too large, 415 wrong
-/// content type, 422 wrong shape.
+/// `Json` whose rejections are problems: 400 when the body is not JSON, 413
+/// too large, 415 wrong content type, 422 JSON that the service cannot take
+/// (see [`check_json`]) or of the wrong shape.
 pub struct AppJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for AppJson<T>
@@ -23,10 +25,141 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !is_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType(
+                "expected a request with `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(r.body_text())
+            } else {
+                ApiError::BadRequest(r.body_text())
+            }
+        })?;
+        check_json(&bytes)?;
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(Self(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
+    }
+}
+
+/// `application/json`, or a `+json` type, whatever its parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// How deep arrays and objects may nest in a body.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// One pass over the body before it is read into its type, so that every
+/// route and field gets the same answers:
+/// - not JSON at all (bad syntax, or anything after the value): 400, even
+///   when the JSON before the fault would have had the wrong shape;
+/// - a string or key holding U+0000, which PostgreSQL cannot store in text
+///   or jsonb: 422;
+/// - arrays and objects nested deeper than [`MAX_JSON_DEPTH`]: 422.
+pub fn check_json(body: &[u8]) -> Result<(), ApiError> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let result = Checked { depth: 0 }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            Err(ApiError::Validation(format!("request body: {e}")))
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "the request body is not JSON: {e}"
+        ))),
+    }
+}
+
+/// Visits a JSON value, keeping nothing, and refuses what the service cannot take.
+#[derive(Clone, Copy)]
+struct Checked {
+    depth: usize,
+}
+
+impl Checked {
+    fn deeper<E: serde::de::Error>(self) -> Result<Self, E> {
+        if self.depth >= MAX_JSON_DEPTH {
+            return Err(E::custom(format_args!(
+                "arrays and objects nest deeper than {MAX_JSON_DEPTH} levels"
+            )));
+        }
+        Ok(Self {
+            depth: self.depth + 1,
+        })
+    }
+}
+
+fn storable<E: serde::de::Error>(s: &str) -> Result<(), E> {
+    if s.contains('\0') {
+        return Err(E::custom(
+            "strings must not contain U+0000 (NUL), which PostgreSQL cannot store",
+        ));
+    }
+    Ok(())
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Checked {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Checked {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<(), E> {
+        storable(s)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.deeper()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.deeper()?;
+        while map.next_key_seed(Checked { depth: 0 })?.is_some() {
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
     }
 }
 
