@@ -1,10 +1,11 @@
 //! Bearer-key authentication. Keys are configured as `SCOPE:SHA256HEX`; the
-//! server keeps only the hashes and compares the hash of the presented key.
+//! server keeps only the hashes and compares the hash of the presented key
+//! with every one of them in constant time.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::domain::UserId;
@@ -45,12 +46,13 @@ pub struct OutOfScope;
 
 #[derive(Clone, Default)]
 pub struct ApiKeys {
-    by_hash: HashMap<[u8; 32], Scope>,
+    /// Hash and scope of each key; a hash given twice keeps its last scope.
+    keys: Vec<([u8; 32], Scope)>,
 }
 
 impl fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ApiKeys({} keys)", self.by_hash.len())
+        write!(f, "ApiKeys({} keys)", self.keys.len())
     }
 }
 
@@ -68,7 +70,7 @@ impl ApiKeys {
     /// Entries separated by commas, whitespace or newlines (so a secrets file
     /// may hold one per line). Lines starting with `#` are comments.
     pub fn parse(text: &str) -> Result<Self, KeyParseError> {
-        let mut by_hash = HashMap::new();
+        let mut keys: Vec<([u8; 32], Scope)> = Vec::new();
         let entries = text
             .lines()
             .filter(|l| !l.trim_start().starts_with('#'))
@@ -86,31 +88,32 @@ impl ApiKeys {
             };
             let mut bytes = [0u8; 32];
             hex::decode_to_slice(hash, &mut bytes).map_err(|_| KeyParseError::Hash(n))?;
-            by_hash.insert(bytes, scope);
+            keys.retain(|(h, _)| *h != bytes);
+            keys.push((bytes, scope));
         }
-        Ok(Self { by_hash })
+        Ok(Self { keys })
     }
 
     pub fn len(&self) -> usize {
-        self.by_hash.len()
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.keys.is_empty()
     }
 
-    pub fn scopes_summary(&self) -> String {
-        let admins = self
-            .by_hash
-            .values()
-            .filter(|s| **s == Scope::Admin)
-            .count();
-        format!("{admins} admin, {} user", self.len() - admins)
-    }
-
-    /// The scope of a presented key, if it is one of ours.
+    /// The scope of a presented key, if it is one of ours. Every stored hash
+    /// is compared, each in constant time, whether or not one matched: the
+    /// time taken says nothing about which key, or how much of one, matched.
     pub fn lookup(&self, presented: &str) -> Option<Scope> {
-        self.by_hash.get(&hash_key(presented)).copied()
+        let presented = hash_key(presented);
+        let mut found = None;
+        for (hash, scope) in &self.keys {
+            if bool::from(hash.ct_eq(&presented)) {
+                found = Some(*scope);
+            }
+        }
+        found
     }
 }
 
@@ -121,6 +124,21 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 /// The config entry for a key: what an operator puts in API_KEYS.
 pub fn key_entry(scope: &str, key: &str) -> String {
     format!("{scope}:{}", hex::encode(hash_key(key)))
+}
+
+/// A new key for `scope` (`admin` or a user UUID): 32 random bytes as hex,
+/// and its API_KEYS entry.
+pub fn new_key(scope: &str) -> Result<(String, String), KeyParseError> {
+    let scope = if scope.eq_ignore_ascii_case("admin") {
+        "admin".to_string()
+    } else {
+        Uuid::parse_str(scope)
+            .map_err(|_| KeyParseError::Scope(1))?
+            .to_string()
+    };
+    let key = hex::encode(rand::random::<[u8; 32]>());
+    let entry = key_entry(&scope, &key);
+    Ok((key, entry))
 }
 
 #[cfg(test)]
@@ -140,6 +158,19 @@ mod tests {
         assert_eq!(keys.lookup("root-key"), Some(Scope::Admin));
         assert_eq!(keys.lookup("u-key"), Some(Scope::User(UserId(user))));
         assert_eq!(keys.lookup("other"), None);
+    }
+
+    #[test]
+    fn a_new_key_is_random_and_its_entry_resolves_to_its_scope() {
+        let user = Uuid::now_v7();
+        let (key, entry) = new_key(&user.to_string()).unwrap();
+        assert_eq!(key.len(), 64);
+        let keys = ApiKeys::parse(&entry).unwrap();
+        assert_eq!(keys.lookup(&key), Some(Scope::User(UserId(user))));
+        let (other, admin) = new_key("ADMIN").unwrap();
+        assert_ne!(key, other);
+        assert!(admin.starts_with("admin:"), "{admin}");
+        assert!(new_key("bob").is_err());
     }
 
     #[test]

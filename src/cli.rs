@@ -39,11 +39,28 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
     /// Print the effective configuration, secrets redacted, after checking it.
     Config {
         /// Print instead the table of every setting (the README's), unchecked.
         #[arg(long)]
         table: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print a new random key, once, with the API_KEYS entry that admits it.
+    /// The server keeps only the entry (the key's SHA-256); the key itself is
+    /// shown here and nowhere else. Needs no configuration.
+    New {
+        /// `admin` (every user) or a user's UUID (that user's contexts only).
+        #[arg(long)]
+        scope: String,
     },
 }
 
@@ -56,6 +73,23 @@ fn config_error(e: ConfigError) -> ExitCode {
 /// Each subcommand loads and checks only the settings it uses.
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command.unwrap_or(Command::Serve { migrate: false }) {
+        Command::Keys {
+            action: KeysCommand::New { scope },
+        } => match crate::auth::new_key(&scope) {
+            Ok((key, entry)) => {
+                println!("# The key, shown this once; clients send `Authorization: Bearer <key>`:");
+                println!("{key}");
+                println!(
+                    "# Its entry for API_KEYS (or API_KEYS_FILE), comma- or newline-separated:"
+                );
+                println!("{entry}");
+                ExitCode::SUCCESS
+            }
+            Err(_) => {
+                eprintln!("keys new: --scope must be admin or a user UUID, got {scope:?}");
+                ExitCode::from(2)
+            }
+        },
         Command::Config { table: true } => {
             print!("{}", config::markdown_table());
             ExitCode::SUCCESS

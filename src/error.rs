@@ -254,10 +254,33 @@ impl From<ServiceError> for ApiError {
                 "If-Match version {expected} is not the current version"
             )),
             ServiceError::Store(s) => s.into(),
+            // The upstream's own words stay in the logs: they may echo input
+            // or describe the upstream's internals.
             ServiceError::Embedding(EmbedError::Rejected(why)) => {
-                ApiError::Validation(format!("query text: {why}"))
+                tracing::warn!(upstream = %why, "the embedding service refused a query text");
+                ApiError::Validation("query: the embedding service refused this text".into())
             }
             ServiceError::Embedding(e) => ApiError::Unavailable(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_refusal_never_reaches_the_client() {
+        let upstream = "HTTP 413 Payload Too Large: {\"error\":\"batch size 40 > maximum allowed 32\",\"secret\":\"tei-internal\"}";
+        let e = ApiError::from(ServiceError::Embedding(EmbedError::Rejected(
+            upstream.into(),
+        )));
+        let (status, body) = e.problem();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let shown = body.to_string();
+        assert!(
+            !shown.contains("tei-internal") && !shown.contains("413"),
+            "{shown}"
+        );
     }
 }

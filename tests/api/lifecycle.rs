@@ -11,6 +11,7 @@ use crate::helpers::{
     assert_problem, eventually, redis_url, spawn_app_with, Options, SendExt, TestDb, ADMIN_KEY, DIM,
 };
 use crate::tei::TeiStub;
+use uuid::Uuid;
 
 #[tokio::test]
 async fn beyond_the_concurrency_cap_requests_get_503_at_once() {
@@ -358,4 +359,48 @@ async fn the_service_starts_before_tei_and_checks_it_when_it_answers() {
     assert_ne!(body["checks"]["embeddings"]["status"], "ok");
     tei_down.set_down(false);
     app2.wait_embeddings_ok(Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn keys_new_prints_a_key_once_with_the_entry_that_admits_it() {
+    let user = Uuid::now_v7();
+    let out = binary()
+        .args(["keys", "new", "--scope", &user.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    let [key, entry] = lines[..] else {
+        panic!("expected the key and its entry: {text}")
+    };
+    assert!(
+        !entry.contains(key),
+        "the entry holds the hash, never the key"
+    );
+    // A server configured with the entry admits the key, within its scope.
+    let app = spawn_app_with(Options::default().set("api_keys", entry)).await;
+    let mine = app
+        .req_as(key, Method::GET, &format!("/contexts?user_id={user}"))
+        .sent()
+        .await;
+    assert_eq!(mine.status(), 200);
+    let others = app
+        .req_as(
+            key,
+            Method::GET,
+            &format!("/contexts?user_id={}", Uuid::now_v7()),
+        )
+        .sent()
+        .await;
+    assert_eq!(others.status(), 403);
+    let bad = binary()
+        .args(["keys", "new", "--scope", "everyone"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
 }
