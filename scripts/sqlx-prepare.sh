@@ -7,6 +7,7 @@
 #   scripts/sqlx-prepare.sh          rewrite .sqlx/ (commit it with the queries)
 #   scripts/sqlx-prepare.sh --check  fail when the committed .sqlx/ is stale
 set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 cd "$REPO"
 
