@@ -8,6 +8,8 @@ pub mod config;
 pub mod domain;
 pub mod embeddings;
 pub mod error;
+#[cfg(test)]
+mod proptests;
 pub mod routes;
 pub mod service;
 pub mod shutdown;

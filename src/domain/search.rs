@@ -91,7 +91,9 @@ impl Cursor {
         let bad = || ValidationError::new("cursor", "is not a cursor this service returned");
         let (micros, id) = s.split_once('_').ok_or_else(bad)?;
         let micros: i64 = micros.parse().map_err(|_| bad())?;
-        let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+        let created_at = DateTime::from_timestamp_micros(micros)
+            .and_then(|at| super::storable_instant("cursor", at).ok())
+            .ok_or_else(bad)?;
         let id = Uuid::try_parse(id).map_err(|_| bad())?;
         Ok(Self {
             created_at,

@@ -2,7 +2,7 @@
 //! middleware around them.
 
 mod contexts;
-mod extract;
+pub(crate) mod extract;
 mod health;
 mod middleware;
 mod search;

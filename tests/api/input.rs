@@ -144,6 +144,15 @@ async fn input_postgres_cannot_store_is_422_never_500() {
             json!({"items": [create(json!({"content": {"text": nul}}))]}),
         ),
     ];
+    // A cursor whose instant Postgres cannot hold (chrono can).
+    let resp = app
+        .req(
+            Method::GET,
+            "/contexts?cursor=-8000000000000000000_0193b3c400007000800000000000000a",
+        )
+        .sent()
+        .await;
+    assert_problem(resp, 422).await;
     for (method, path, body) in cases {
         let resp = app.req(method.clone(), &path).json(&body).sent().await;
         let status = resp.status().as_u16();
