@@ -44,6 +44,7 @@ FROM deps AS builder
 COPY src ./src
 COPY migrations ./migrations
 COPY .sqlx ./.sqlx
+COPY assets ./assets
 RUN --mount=type=cache,id=context-api-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=context-api-cargo-git,target=/usr/local/cargo/git \
     cargo build --release --locked --no-default-features \

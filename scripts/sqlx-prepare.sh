@@ -14,12 +14,9 @@ cd "$REPO"
 mode="${1:-write}"
 [[ "$mode" == write || "$mode" == --check ]] || die "usage: $0 [--check]"
 
-scripts/services.sh start
-eval "$(scripts/services.sh env)"
 db=sqlx_prepare
-"$PSQL" -X -q -v ON_ERROR_STOP=1 "$TEST_DATABASE_URL" \
-    -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
-url="${TEST_DATABASE_URL%/*}/$db"
+scratch_db "$db"
+url="$SCRATCH_DB_URL"
 "$PSQL" -X -q -v ON_ERROR_STOP=1 "$url" -f init-db/01-extensions.sql
 # The migrations as `context-api migrate` applies them (the dimension does not
 # change any query's description).

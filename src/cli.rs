@@ -39,6 +39,8 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
+    /// Print the OpenAPI document (the one served at /openapi.json).
+    Openapi,
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -73,6 +75,15 @@ fn config_error(e: ConfigError) -> ExitCode {
 /// Each subcommand loads and checks only the settings it uses.
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command.unwrap_or(Command::Serve { migrate: false }) {
+        Command::Openapi => {
+            let doc = crate::routes::openapi::document();
+            println!(
+                "{}",
+                doc.to_pretty_json()
+                    .expect("the document always serializes")
+            );
+            ExitCode::SUCCESS
+        }
         Command::Keys {
             action: KeysCommand::New { scope },
         } => match crate::auth::new_key(&scope) {

@@ -39,12 +39,19 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem: every error answer's body (`application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// `urn:context-api:problem:<slug>`, one per kind of failure.
     #[serde(rename = "type")]
+    #[schema(example = "urn:context-api:problem:validation")]
     kind: String,
+    #[schema(example = "Invalid request")]
     title: &'a str,
+    /// The HTTP status, repeated.
+    #[schema(example = 422)]
     status: u16,
+    /// What went wrong with this request, for a person to read.
     detail: String,
 }
 

@@ -154,6 +154,19 @@ random_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; echo; }
 # service stores only the key's SHA-256).
 admin_api_keys() { printf 'admin:%s\n' "$(printf %s "$1" | sha256sum | cut -d' ' -f1)"; }
 
+# scratch_db NAME: starts the local Postgres and Redis (scripts/services.sh),
+# exports their settings (TEST_DATABASE_URL, TEST_REDIS_URL, PSQL), and makes
+# an empty database NAME, dropping any of that name; SCRATCH_DB_URL names it.
+scratch_db() {
+    "$REPO/scripts/services.sh" start
+    eval "$("$REPO/scripts/services.sh" env)"
+    "$PSQL" -X -q -v ON_ERROR_STOP=1 "$TEST_DATABASE_URL" \
+        -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" 2>/dev/null \
+        || die "could not create the database $1"
+    # shellcheck disable=SC2034 # read by the caller
+    SCRATCH_DB_URL="${TEST_DATABASE_URL%/*}/$1"
+}
+
 # wait_http URL SECONDS [curl options...]: until URL answers 2xx; 1 if it never does.
 wait_http() {
     local url="$1" n="$2"; shift 2

@@ -7,6 +7,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::extract::{if_match, AppJson, AppQuery, Caller};
@@ -19,28 +20,46 @@ use crate::domain::{
 use crate::error::ApiError;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+/// A context to store.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateContextRequest {
     /// Optional for a user key (its own user); required for an admin key.
     user_id: Option<Uuid>,
+    /// A short label, 1 to 100 characters, no control characters.
+    #[schema(example = "conversation")]
     context_type: String,
+    /// Any JSON object. `content.text`, when a string, is what gets embedded
+    /// unless `text` is given.
+    #[schema(value_type = Object)]
     content: Value,
+    /// A JSON object, matched by the search's `metadata` filter (containment).
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// When the context stops being visible (years 0001 to 9999). Not with `ttl_seconds`.
     expires_at: Option<DateTime<Utc>>,
+    /// Seconds from now until it expires, at most 100 years. Not with `expires_at`.
+    #[schema(minimum = 1)]
     ttl_seconds: Option<i64>,
+    /// The text to embed, instead of the one derived from `content`.
     text: Option<String>,
+    /// A vector of exactly `EMBEDDING_DIM` finite values, not all zero; when
+    /// given, nothing is embedded.
     embedding: Option<Vec<f32>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Fields to replace; absent fields keep their value.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchContextRequest {
     context_type: Option<String>,
+    #[schema(value_type = Option<Object>)]
     content: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
     /// `null` clears the expiry; absent keeps it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
     expires_at: Option<Option<DateTime<Utc>>>,
     ttl_seconds: Option<i64>,
     text: Option<String>,
@@ -56,19 +75,25 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Serialize)]
+/// A stored context. Its `version` is also its ETag.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ContextResponse {
     id: Uuid,
     user_id: Uuid,
     context_type: String,
+    #[schema(value_type = Object)]
     content: JsonObject,
+    #[schema(value_type = Object)]
     metadata: JsonObject,
     expires_at: Option<DateTime<Utc>>,
+    /// `ready` once the context has its vector, `pending` until the worker embeds it.
+    #[schema(value_type = String, pattern = "^(ready|pending)$")]
     embedding_status: EmbeddingStatus,
     is_active: bool,
     version: i32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// Only with `?include=embedding`.
     #[serde(skip_serializing_if = "Option::is_none")]
     embedding: Option<Vec<f32>>,
 }
@@ -92,30 +117,43 @@ impl From<Context> for ContextResponse {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct GetParams {
+    /// `embedding` adds the vector to the answer.
+    #[param(pattern = "^(embedding)?$")]
     include: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only this user's contexts (a user key: its own, the default).
+    #[param(value_type = Option<Uuid>)]
     user_id: Option<String>,
     context_type: Option<String>,
+    /// 1 to 100, default 20.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A page, newest first.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ListResponse {
     items: Vec<ContextResponse>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
     next_cursor: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteParams {
+    /// Remove the row instead of hiding it.
     hard: Option<bool>,
 }
 
@@ -237,6 +275,16 @@ impl PatchContextRequest {
     }
 }
 
+/// Store a context. Without `embedding`, its text is embedded at once when the
+/// embedding service answers in time, else it is stored `pending` and embedded
+/// by the worker.
+#[utoipa::path(post, path = "/contexts", tag = "contexts",
+    request_body = CreateContextRequest,
+    responses(
+        (status = 201, description = "Created", body = ContextResponse,
+            headers(("ETag" = String, description = "The version"), ("Location" = String))),
+        (status = 403, description = "A user key writing for another user", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn create_context(
     State(state): State<AppState>,
     Caller(scope): Caller,
@@ -256,25 +304,28 @@ pub async fn create_context(
 /// Items a batch may carry.
 pub const MAX_BATCH_ITEMS: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchCreateRequest {
     /// Each item is a create body, kept as its raw JSON text and read one by
     /// one: a bad item fails alone, and no JSON tree of the whole batch (1,000
     /// vectors as `Value` numbers: tens of MB) is ever built.
+    #[schema(value_type = Vec<CreateContextRequest>, min_items = 1, max_items = 1000)]
     items: Vec<Box<serde_json::value::RawValue>>,
 }
 
-#[derive(Debug, Serialize)]
+/// One item's outcome: 201 with its context, or its own problem.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BatchItemResult {
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     context: Option<ContextResponse>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::error::Problem>)]
     problem: Option<Value>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BatchCreateResponse {
     created: usize,
     failed: usize,
@@ -292,10 +343,13 @@ impl BatchItemResult {
     }
 }
 
-/// POST /contexts/batch: up to 1,000 creates in one request and one insert.
+/// Up to 1,000 creates in one request and one insert.
 /// 200 with a result per item, in order: 201 and the context, or the item's
 /// problem. The request fails as a whole only when it is malformed or a
 /// dependency the insert needs is down.
+#[utoipa::path(post, path = "/contexts/batch", tag = "contexts",
+    request_body = BatchCreateRequest,
+    responses((status = 200, description = "A result per item, in order", body = BatchCreateResponse)))]
 pub async fn create_contexts(
     State(state): State<AppState>,
     Caller(scope): Caller,
@@ -348,6 +402,13 @@ pub async fn create_contexts(
     }))
 }
 
+/// A visible context (not deleted, not expired, in the key's scope).
+#[utoipa::path(get, path = "/contexts/{id}", tag = "contexts",
+    params(("id" = Uuid, Path, description = "The context's id"), GetParams),
+    responses(
+        (status = 200, description = "The context", body = ContextResponse, headers(("ETag" = String))),
+        (status = 404, description = "Absent, deleted, expired or out of scope", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn get_context(
     State(state): State<AppState>,
     Caller(scope): Caller,
@@ -360,6 +421,13 @@ pub async fn get_context(
     Ok(with_etag(StatusCode::OK, ctx, None))
 }
 
+/// Contexts, newest first, a page at a time.
+#[utoipa::path(get, path = "/contexts", tag = "contexts",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page", body = ListResponse),
+        (status = 403, description = "A user key asking for another user", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn list_contexts(
     State(state): State<AppState>,
     Caller(scope): Caller,
@@ -389,6 +457,15 @@ pub async fn list_contexts(
     }))
 }
 
+/// Replace the given fields. With `If-Match`, only if the version is still the one named.
+#[utoipa::path(patch, path = "/contexts/{id}", tag = "contexts",
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "The version last seen, as its ETag")),
+    request_body = PatchContextRequest,
+    responses(
+        (status = 200, description = "The new state", body = ContextResponse, headers(("ETag" = String))),
+        (status = 404, description = "Absent, deleted, expired or out of scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn update_context(
     State(state): State<AppState>,
     Caller(scope): Caller,
@@ -403,6 +480,14 @@ pub async fn update_context(
     Ok(with_etag(StatusCode::OK, ctx, None))
 }
 
+/// Hide a context (or remove it with `hard=true`).
+#[utoipa::path(delete, path = "/contexts/{id}", tag = "contexts",
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), DeleteParams),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "Absent, deleted, expired or out of scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn delete_context(
     State(state): State<AppState>,
     Caller(scope): Caller,

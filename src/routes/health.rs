@@ -15,13 +15,18 @@ use crate::embeddings::EmbedderState;
 use crate::state::AppState;
 
 /// Liveness: touches no dependency, so a database outage never restarts us.
+#[utoipa::path(get, path = "/health", tag = "operations", security(()),
+    responses((status = 200, description = "`{\"status\":\"alive\"}`", body = Object)))]
 pub async fn health() -> Json<Value> {
     Json(json!({"status": "alive"}))
 }
 
-#[derive(Serialize)]
+/// `ready`, `degraded` or `draining`, with each dependency's state.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Readiness {
+    #[schema(pattern = "^(ready|degraded|draining)$")]
     status: &'static str,
+    #[schema(value_type = Object)]
     checks: BTreeMap<&'static str, Value>,
 }
 
@@ -29,6 +34,11 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Readiness: 503 while draining, or when Postgres (or a required Redis) fails.
 /// The embedding service is reported, not required: writes go pending without it.
+#[utoipa::path(get, path = "/ready", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Degraded or draining", body = Readiness),
+    ))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let contexts = &state.contexts;
     let (db, cache) = tokio::join!(
@@ -74,6 +84,8 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
 }
 
 /// Prometheus text format. Gauges of shared resources are read at scrape time.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let store = state.contexts.store();
     let (size, idle) = store.pool_size();

@@ -5,6 +5,7 @@ mod contexts;
 pub(crate) mod extract;
 mod health;
 mod middleware;
+pub mod openapi;
 mod search;
 
 use axum::extract::DefaultBodyLimit;
@@ -24,7 +25,11 @@ pub fn router(state: AppState, admission: Admission, max_body_bytes: usize) -> R
     let public = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics));
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs_page))
+        .route("/docs/", get(openapi::docs_page))
+        .route("/docs/{asset}", get(openapi::docs_asset));
 
     let api = Router::new()
         .route(

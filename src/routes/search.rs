@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::contexts::ContextResponse;
@@ -15,25 +16,37 @@ use crate::domain::{
 use crate::error::ApiError;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+/// One of `query` or `vector`, and filters.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
+    /// Text to embed and search for.
     query: Option<String>,
+    /// A vector of `EMBEDDING_DIM` values to search for.
     vector: Option<Vec<f32>>,
+    /// How many results, 1 to 100 (default 10).
+    #[schema(minimum = 1, maximum = 100)]
     k: Option<i64>,
+    /// Only this user's contexts (a user key: its own, always).
     user_id: Option<Uuid>,
     context_type: Option<String>,
+    /// Only contexts whose metadata contains this object.
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// Only results with at least this cosine similarity, -1 to 1.
+    #[schema(minimum = -1.0, maximum = 1.0)]
     min_score: Option<f32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SearchResult {
     context: ContextResponse,
+    /// Cosine similarity to the query, -1 to 1.
     score: f32,
 }
 
-#[derive(Debug, Serialize)]
+/// Best first.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SearchResponse {
     results: Vec<SearchResult>,
 }
@@ -76,6 +89,13 @@ impl SearchRequest {
     }
 }
 
+/// The k visible contexts nearest to the query, by cosine similarity.
+#[utoipa::path(post, path = "/contexts/search", tag = "contexts",
+    request_body = SearchRequest,
+    responses(
+        (status = 200, description = "Best first", body = SearchResponse),
+        (status = 403, description = "A user key asking for another user", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn search_contexts(
     State(state): State<AppState>,
     Caller(scope): Caller,

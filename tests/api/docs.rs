@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use crate::helpers::SendExt;
+
 fn readme() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
         .expect("README.md is readable")
@@ -19,6 +21,64 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
         .find(end)
         .unwrap_or_else(|| panic!("README lacks {end:?}"));
     &text[a..b]
+}
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_committed_one() {
+    let app = crate::helpers::spawn_app().await;
+    let served: serde_json::Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .sent()
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("docs/openapi.json")).unwrap();
+    assert!(
+        served == committed,
+        "docs/openapi.json differs from the served document: \
+         run `cargo run -- openapi > docs/openapi.json` and commit it"
+    );
+    assert_eq!(served["openapi"], "3.1.0");
+    // Every operation states its problems and the bearer scheme applies.
+    assert!(served["components"]["securitySchemes"]["bearer"].is_object());
+    for (path, item) in served["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if path.starts_with("/contexts") {
+                for status in ["401", "422", "503"] {
+                    assert!(
+                        op["responses"][status].is_object(),
+                        "{method} {path} does not document {status}"
+                    );
+                }
+            }
+        }
+    }
+    // The documentation page and its assets come from the binary itself.
+    for asset in [
+        "/docs",
+        "/docs/",
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-ui.css",
+    ] {
+        let resp = app.client.get(app.url(asset)).sent().await;
+        assert_eq!(resp.status(), 200, "{asset}");
+    }
+    let page = app
+        .client
+        .get(app.url("/docs/"))
+        .sent()
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "/docs loads nothing from elsewhere: {page}"
+    );
 }
 
 #[test]
