@@ -207,31 +207,16 @@ impl Store {
         id: ContextId,
         with_embedding: bool,
     ) -> Result<Option<Context>, StoreError> {
-        let row = row_query!(
-            "SELECT",
-            r#"CASE WHEN $2 THEN embedding END AS "embedding?: Vector", NULL::text AS "embedding_text?"
-             FROM contexts
-             WHERE id = $1 AND is_active AND (expires_at IS NULL OR expires_at > now())"#,
-            id.0,
-            with_embedding,
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(Into::into))
+        Ok(self
+            .visible_row(id, with_embedding, false)
+            .await?
+            .map(Into::into))
     }
 
     /// A visible context with its embedded text, for an update.
     #[tracing::instrument(name = "store.get_current", level = "debug", skip(self), fields(id = %id.0))]
     pub async fn get_current(&self, id: ContextId) -> Result<Option<Current>, StoreError> {
-        let row = row_query!(
-            "SELECT",
-            r#"NULL::vector AS "embedding?: Vector", embedding_text AS "embedding_text?"
-             FROM contexts
-             WHERE id = $1 AND is_active AND (expires_at IS NULL OR expires_at > now())"#,
-            id.0,
-        )
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = self.visible_row(id, false, true).await?;
         Ok(row.map(|mut r| {
             let text = r.embedding_text.take().unwrap_or_default();
             Current {
@@ -239,6 +224,27 @@ impl Store {
                 text,
             }
         }))
+    }
+
+    /// The visible row `id`, with its vector and its embedded text if asked.
+    async fn visible_row(
+        &self,
+        id: ContextId,
+        with_embedding: bool,
+        with_text: bool,
+    ) -> Result<Option<Row>, StoreError> {
+        Ok(row_query!(
+            "SELECT",
+            r#"CASE WHEN $2 THEN embedding END AS "embedding?: Vector",
+                CASE WHEN $3 THEN embedding_text END AS "embedding_text?"
+             FROM contexts
+             WHERE id = $1 AND is_active AND (expires_at IS NULL OR expires_at > now())"#,
+            id.0,
+            with_embedding,
+            with_text,
+        )
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Writes the new state if the stored version is still `expected`; `None` otherwise.
