@@ -41,7 +41,7 @@ const fn mentions(ty: &str, name: &str) -> bool {
 macro_rules! settings {
     ($( $(#[doc = $doc:literal])+ $key:ident : $ty:ty = $default:expr; )*) => {
         /// The flat shape figment fills: every value as given, before checks.
-        #[derive(Clone, Deserialize, Serialize)]
+        #[derive(Clone, Debug, Deserialize, Serialize)]
         #[serde(default)]
         pub(crate) struct Raw {
             $( $(#[doc = $doc])+ pub(crate) $key: $ty, )*

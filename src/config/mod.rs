@@ -35,7 +35,7 @@ pub enum LogFormat {
     Pretty,
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub bind_address: SocketAddr,
     pub database: DatabaseSettings,
@@ -45,7 +45,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub workers: WorkerSettings,
     pub log: LogSettings,
-    /// The values as given, for the redacted print.
+    /// The values as given, for the redacted print (Debug redacts secrets).
     declared: Raw,
 }
 
@@ -223,21 +223,6 @@ impl Settings {
     /// The configuration as given, as TOML, secrets redacted (`context-api config`).
     pub fn redacted(&self) -> String {
         self.declared.redacted()
-    }
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("bind_address", &self.bind_address)
-            .field("database", &self.database)
-            .field("redis", &self.redis)
-            .field("embeddings", &self.embeddings)
-            .field("auth", &self.auth)
-            .field("http", &self.http)
-            .field("workers", &self.workers)
-            .field("log", &self.log)
-            .finish()
     }
 }
 
