@@ -3,7 +3,8 @@
 //! - a body that is not JSON is 400, whatever its JSON prefix holds;
 //! - strings Postgres cannot store (U+0000) and instants it cannot hold are
 //!   422, on every route and field, never 500;
-//! - writers without If-Match are applied one on top of the other, never 412.
+//! - writers without If-Match are applied one on top of the other, never 412;
+//! - numbers at the edges of a double read back after Postgres respells them.
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -206,4 +207,45 @@ async fn deep_nesting_is_refused_before_it_reaches_the_database() {
         problem["detail"].as_str().unwrap().contains("nest"),
         "{problem}"
     );
+}
+
+/// Numbers in content and metadata at the edges of a double. Postgres keeps a
+/// JSON number as the exact decimal written, and hands it back in another
+/// spelling (1.7976931348623157e308 comes back as 309 digits): each must read
+/// back, or the whole list of that user answers 500 from then on.
+#[tokio::test]
+async fn numbers_stored_read_back_on_every_read_path() {
+    let app = spawn_app().await;
+    let user = app.alice.id;
+    let numbers = [
+        "1.7976931348623157e308",
+        "-1.7976931348623157e+308",
+        "1.7976931348623158e308",
+        "5e-324",
+        "1e-400",
+        "2.2250738585072014e-308",
+        "-481023998197891197694902272",
+        "-0",
+        "0.1",
+    ];
+    for n in numbers {
+        let body = format!(
+            r#"{{"user_id": "{user}", "context_type": "t", "content": {{"n": {n}, "text": "x"}}, "metadata": {{"m": [{n}]}}}}"#
+        );
+        let resp = send_raw(&app, Method::POST, "/contexts", &body).await;
+        assert_eq!(resp.status(), 201, "{n}: {}", resp.text().await.unwrap());
+    }
+    let resp = app
+        .req(Method::GET, &format!("/contexts?user_id={user}&limit=100"))
+        .sent()
+        .await;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let page: Value = resp.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), numbers.len());
+    let resp = app
+        .req(Method::POST, "/contexts/search")
+        .json(&json!({"user_id": user, "query": "x", "k": 100}))
+        .sent()
+        .await;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
 }
