@@ -39,8 +39,13 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
-    /// Print the OpenAPI document (the one served at /openapi.json).
-    Openapi,
+    /// Print the OpenAPI document (the one served at /openapi.json by a
+    /// service with this EMBEDDING_DIM).
+    Openapi {
+        /// The vectors' dimension the document states.
+        #[arg(long, default_value_t = crate::config::default_embedding_dim())]
+        dim: usize,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -75,12 +80,11 @@ fn config_error(e: ConfigError) -> ExitCode {
 /// Each subcommand loads and checks only the settings it uses.
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command.unwrap_or(Command::Serve { migrate: false }) {
-        Command::Openapi => {
-            let doc = crate::routes::openapi::document();
+        Command::Openapi { dim } => {
+            let doc = crate::routes::openapi::document(dim);
             println!(
                 "{}",
-                doc.to_pretty_json()
-                    .expect("the document always serializes")
+                serde_json::to_string_pretty(&doc).expect("a JSON value always serializes")
             );
             ExitCode::SUCCESS
         }

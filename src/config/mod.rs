@@ -28,6 +28,11 @@ use serde::Serialize;
 use crate::auth::{ApiKeys, KeyParseError};
 use declared::Raw;
 
+/// `EMBEDDING_DIM` when it is not set (the committed OpenAPI document's).
+pub fn default_embedding_dim() -> usize {
+    Raw::default().embedding_dim as usize
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {

@@ -119,6 +119,36 @@ impl Embedding {
         }
         Ok(Self(values))
     }
+    /// A vector as a client sent it (JSON numbers are doubles): each value 0,
+    /// or of a magnitude from [`Self::MIN_MAGNITUDE`] to [`Self::MAX_MAGNITUDE`];
+    /// then as [`Self::parse`]. pgvector sums squares and products in single
+    /// precision: outside these bounds a norm underflows to 0 or overflows to
+    /// infinity (up to 16,000 dimensions), and the cosine becomes NaN.
+    pub fn from_wire(
+        field: &'static str,
+        values: Vec<f64>,
+        dim: usize,
+    ) -> Result<Self, ValidationError> {
+        if values
+            .iter()
+            .any(|x| *x != 0.0 && !(Self::MIN_MAGNITUDE..=Self::MAX_MAGNITUDE).contains(&x.abs()))
+        {
+            return Err(ValidationError::new(
+                field,
+                format!(
+                    "each value must be 0 or between {:e} and {:e} in magnitude",
+                    Self::MIN_MAGNITUDE,
+                    Self::MAX_MAGNITUDE
+                ),
+            ));
+        }
+        Self::parse(field, values.into_iter().map(|x| x as f32).collect(), dim)
+    }
+    /// The smallest non-zero magnitude taken: its square is a normal f32.
+    pub const MIN_MAGNITUDE: f64 = 1e-15;
+    /// The largest magnitude taken: 16,000 squares of it sum below f32::MAX.
+    pub const MAX_MAGNITUDE: f64 = 1e15;
+
     pub fn as_slice(&self) -> &[f32] {
         &self.0
     }
@@ -151,6 +181,9 @@ pub enum Expiry {
 }
 
 impl Expiry {
+    /// 100 years.
+    pub const MAX_TTL_SECONDS: i64 = 100 * 365 * 86_400;
+
     /// At most one of the two may be given.
     pub fn parse(
         at: Option<DateTime<Utc>>,
@@ -165,7 +198,7 @@ impl Expiry {
             (None, Some(s)) if s <= 0 => {
                 Err(ValidationError::new("ttl_seconds", "must be positive"))
             }
-            (None, Some(s)) if s > 100 * 365 * 86_400 => Err(ValidationError::new(
+            (None, Some(s)) if s > Self::MAX_TTL_SECONDS => Err(ValidationError::new(
                 "ttl_seconds",
                 "must be at most 100 years",
             )),
@@ -179,6 +212,18 @@ impl Expiry {
             Expiry::In(d) => now + d,
         }
     }
+}
+
+/// Text given to be embedded (a context's `text`, a search's `query`) must hold
+/// something besides white space (Unicode White_Space, as `str::trim`).
+pub fn text_to_embed(field: &'static str, text: String) -> Result<String, ValidationError> {
+    if text.trim().is_empty() {
+        return Err(ValidationError::new(
+            field,
+            "must contain something besides white space",
+        ));
+    }
+    Ok(text)
 }
 
 /// The text a context's embedding is computed from: the explicit `text` when
@@ -314,6 +359,17 @@ mod tests {
         assert!(Embedding::parse("embedding", vec![0.1, f32::NAN, 0.0], 3).is_err());
         assert!(Embedding::parse("embedding", vec![0.0; 3], 3).is_err());
         assert!(Embedding::parse("embedding", vec![0.1, 0.2, 0.3], 3).is_ok());
+    }
+
+    #[test]
+    fn a_vector_from_the_wire_is_held_by_single_precision() {
+        // 1e-50 becomes 0.0 as an f32, so the vector would be all zeros; 1e39
+        // infinite; the square of 1e-20 underflows and of 1e30 overflows.
+        for bad in [1e-50, 1e39, 1e-20, -1e30] {
+            assert!(Embedding::from_wire("vector", vec![bad, 1.0], 2).is_err());
+        }
+        assert!(Embedding::from_wire("vector", vec![0.0, 1e-15], 2).is_ok());
+        assert!(Embedding::from_wire("vector", vec![-1e15, 0.5], 2).is_ok());
     }
 
     #[test]

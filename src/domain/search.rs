@@ -40,13 +40,15 @@ impl TopK {
     }
 }
 
-pub fn parse_min_score(s: Option<f32>) -> Result<Option<f32>, ValidationError> {
+/// Checked as sent (a double), so that a value just outside the range is not
+/// rounded into it.
+pub fn parse_min_score(s: Option<f64>) -> Result<Option<f32>, ValidationError> {
     match s {
         Some(x) if !x.is_finite() || !(-1.0..=1.0).contains(&x) => Err(ValidationError::new(
             "min_score",
             "must be between -1 and 1",
         )),
-        other => Ok(other),
+        other => Ok(other.map(|x| x as f32)),
     }
 }
 
@@ -87,9 +89,27 @@ impl Cursor {
         )
     }
 
+    /// The grammar [`Self::encode`] writes, and the OpenAPI document states
+    /// ([`Self::PATTERN`]): microseconds since 1970 (at most 17 digits, 16
+    /// before 1970, so always in the years 1653 to 5138), `_`, the id as 32
+    /// lowercase hex digits.
+    pub const PATTERN: &'static str = "^(0|[1-9][0-9]{0,16}|-[1-9][0-9]{0,15})_[0-9a-f]{32}$";
+
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         let bad = || ValidationError::new("cursor", "is not a cursor this service returned");
         let (micros, id) = s.split_once('_').ok_or_else(bad)?;
+        let digits = micros.strip_prefix('-').unwrap_or(micros);
+        let max_digits = if digits.len() == micros.len() { 17 } else { 16 };
+        let canonical = !digits.is_empty()
+            && digits.len() <= max_digits
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'))
+            && micros != "-0";
+        let lower_hex =
+            id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !canonical || !lower_hex {
+            return Err(bad());
+        }
         let micros: i64 = micros.parse().map_err(|_| bad())?;
         let created_at = DateTime::from_timestamp_micros(micros)
             .and_then(|at| super::storable_instant("cursor", at).ok())
@@ -137,6 +157,7 @@ mod tests {
     #[test]
     fn min_score_is_a_cosine() {
         assert!(parse_min_score(Some(1.5)).is_err());
+        assert!(parse_min_score(Some(-1.000_000_001)).is_err());
         assert_eq!(parse_min_score(Some(0.5)).unwrap(), Some(0.5));
     }
 }

@@ -10,12 +10,12 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::extract::{if_match, AppJson, AppQuery, Caller};
+use super::extract::{if_match, whole_number, AppJson, AppQuery, Caller};
 use crate::auth::Scope;
 use crate::domain::{
-    embedding_text, json_object, storable_instant, Context, ContextId, ContextPatch, ContextType,
-    Cursor, Embedding, EmbeddingStatus, Expiry, JsonObject, ListQuery, NewContext, PageLimit,
-    UserId, ValidationError,
+    embedding_text, json_object, storable_instant, text_to_embed, Context, ContextId, ContextPatch,
+    ContextType, Cursor, Embedding, EmbeddingStatus, Expiry, JsonObject, ListQuery, NewContext,
+    PageLimit, UserId, ValidationError,
 };
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -26,7 +26,7 @@ use crate::state::AppState;
 pub struct CreateContextRequest {
     /// Optional for a user key (its own user); required for an admin key.
     user_id: Option<Uuid>,
-    /// A short label, 1 to 100 characters, no control characters.
+    /// A short label, 1 to 50 characters, no control characters.
     #[schema(example = "conversation")]
     context_type: String,
     /// Any JSON object. `content.text`, when a string, is what gets embedded
@@ -39,13 +39,13 @@ pub struct CreateContextRequest {
     /// When the context stops being visible (years 0001 to 9999). Not with `ttl_seconds`.
     expires_at: Option<DateTime<Utc>>,
     /// Seconds from now until it expires, at most 100 years. Not with `expires_at`.
-    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole_number")]
     ttl_seconds: Option<i64>,
     /// The text to embed, instead of the one derived from `content`.
     text: Option<String>,
-    /// A vector of exactly `EMBEDDING_DIM` finite values, not all zero; when
-    /// given, nothing is embedded.
-    embedding: Option<Vec<f32>>,
+    /// A vector of exactly `EMBEDDING_DIM` values, not all zero; when given,
+    /// nothing is embedded.
+    embedding: Option<Vec<f64>>,
 }
 
 /// Fields to replace; absent fields keep their value.
@@ -61,9 +61,10 @@ pub struct PatchContextRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     expires_at: Option<Option<DateTime<Utc>>>,
+    #[serde(default, deserialize_with = "whole_number")]
     ttl_seconds: Option<i64>,
     text: Option<String>,
-    embedding: Option<Vec<f32>>,
+    embedding: Option<Vec<f64>>,
 }
 
 /// Distinguishes a field given as `null` (`Some(None)`) from an absent one (`None`).
@@ -216,9 +217,10 @@ impl CreateContextRequest {
             Expiry::parse(self.expires_at, self.ttl_seconds)?.map(|e| e.resolve(Utc::now()));
         let embedding = self
             .embedding
-            .map(|v| Embedding::parse("embedding", v, dim))
+            .map(|v| Embedding::from_wire("embedding", v, dim))
             .transpose()?;
-        let text = embedding_text(self.text.as_deref(), &content);
+        let given = self.text.map(|t| text_to_embed("text", t)).transpose()?;
+        let text = embedding_text(given.as_deref(), &content);
         if text.trim().is_empty() && embedding.is_none() {
             return Err(ValidationError::new("text", "the text to embed is empty"));
         }
@@ -266,10 +268,10 @@ impl PatchContextRequest {
                 .map(|m| json_object("metadata", m))
                 .transpose()?,
             expires_at,
-            text: self.text,
+            text: self.text.map(|t| text_to_embed("text", t)).transpose()?,
             embedding: self
                 .embedding
-                .map(|v| Embedding::parse("embedding", v, dim))
+                .map(|v| Embedding::from_wire("embedding", v, dim))
                 .transpose()?,
         })
     }
@@ -307,10 +309,11 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchCreateRequest {
-    /// Each item is a create body, kept as its raw JSON text and read one by
-    /// one: a bad item fails alone, and no JSON tree of the whole batch (1,000
-    /// vectors as `Value` numbers: tens of MB) is ever built.
-    #[schema(value_type = Vec<CreateContextRequest>, min_items = 1, max_items = 1000)]
+    /// Each item an object with the fields of a create (`CreateContextRequest`).
+    /// An item is read on its own: one with a bad field fails alone, in its
+    /// result. (Kept as raw JSON text, so no JSON tree of the whole batch, 1,000
+    /// vectors as `Value` numbers and tens of MB, is ever built.)
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 1000)]
     items: Vec<Box<serde_json::value::RawValue>>,
 }
 
@@ -360,6 +363,14 @@ pub async fn create_contexts(
         return Err(ValidationError::new(
             "items",
             format!("must hold between 1 and {MAX_BATCH_ITEMS} items, got {n}"),
+        )
+        .into());
+    }
+    // RawValue holds the value's text exactly, so an object starts with `{`.
+    if let Some(i) = body.items.iter().position(|v| !v.get().starts_with('{')) {
+        return Err(ValidationError::new(
+            "items",
+            format!("items[{i}] must be a JSON object (the fields of a create)"),
         )
         .into());
     }

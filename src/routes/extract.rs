@@ -163,6 +163,25 @@ impl<'de> serde::de::Visitor<'de> for Checked {
     }
 }
 
+/// An optional integer field that also takes a whole number written as a
+/// float (`3.0`), as JSON Schema's `integer` does; `null` is absent.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::Deserialize;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        // Every whole f64 in this range converts to i64 exactly.
+        Some(f) if f.fract() == 0.0 && (-9.2e18..=9.2e18).contains(&f) => Ok(Some(f as i64)),
+        _ => Err(serde::de::Error::custom(format_args!(
+            "{n} is not a whole number in the 64-bit range"
+        ))),
+    }
+}
+
 fn json_rejection(r: JsonRejection) -> ApiError {
     let text = r.body_text();
     match r.status() {

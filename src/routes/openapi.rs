@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{Html, IntoResponse, Response};
 
@@ -14,15 +14,20 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
+use serde_json::{json, Map, Value};
+
 use super::{contexts, health, search};
+use crate::domain::{ContextType, Cursor, Embedding, Expiry};
 use crate::error::Problem;
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "context-api",
         description = "Per-user memory for LLM applications: JSON contexts with an embedding, \
-                       found again by vector search. Errors are RFC 9457 problems.",
+                       found again by vector search. Errors are RFC 9457 problems. \
+                       No string in a request may hold U+0000 (422).",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
@@ -118,19 +123,142 @@ fn problem(description: &str) -> utoipa::openapi::Response {
         .build()
 }
 
-/// The document, as served and as committed.
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The document for a service whose vectors have `dim` values: as served
+/// (the configured `EMBEDDING_DIM`) and as committed (the default, 768).
+pub fn document(dim: usize) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document always serializes");
+    refine(&mut doc, dim);
+    links(&mut doc);
+    doc
 }
 
-/// GET /openapi.json (built once).
-pub async fn openapi_json() -> Response {
-    static JSON: OnceLock<String> = OnceLock::new();
-    let body = JSON.get_or_init(|| {
-        document()
-            .to_json()
-            .expect("the document always serializes")
+/// What the derives cannot say, said once here and keyed by field name, so
+/// that the schemas accept exactly what the parsers in `domain` accept (the
+/// contract test fuzzes both directions: valid data taken, invalid refused).
+fn refine(doc: &mut Value, dim: usize) {
+    // U+0000-001F and U+007F-009F: what `char::is_control` refuses.
+    let control = json!({"pattern": "[\\u0000-\\u001F\\u007F-\\u009F]"});
+    // Anything but Unicode White_Space (what `str::trim` removes); the
+    // pattern is unanchored: "contains one such character".
+    let not_blank =
+        "[^\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]";
+    let magnitude = |lo: f64, hi: f64| json!({"type": "number", "minimum": lo, "maximum": hi});
+    let (lo, hi) = (Embedding::MIN_MAGNITUDE, Embedding::MAX_MAGNITUDE);
+    let field = |name: &str, schema: &mut Map<String, Value>| match name {
+        "context_type" => {
+            schema.insert("minLength".into(), json!(1));
+            schema.insert("maxLength".into(), json!(ContextType::MAX_CHARS));
+            schema.insert("not".into(), control.clone());
+        }
+        "text" | "query" => {
+            schema.insert("pattern".into(), json!(not_blank));
+        }
+        "cursor" => {
+            schema.insert("pattern".into(), json!(Cursor::PATTERN));
+        }
+        "ttl_seconds" => {
+            schema.insert("minimum".into(), json!(1));
+            schema.insert("maximum".into(), json!(Expiry::MAX_TTL_SECONDS));
+        }
+        "embedding" | "vector" if schema.contains_key("items") => {
+            schema.insert("minItems".into(), json!(dim));
+            schema.insert("maxItems".into(), json!(dim));
+            schema.insert(
+                "items".into(),
+                json!({"anyOf": [{"const": 0}, magnitude(lo, hi), magnitude(-hi, -lo)]}),
+            );
+            // Not all zeros (cosine similarity is undefined).
+            schema.insert(
+                "not".into(),
+                json!({"type": "array", "items": {"const": 0}}),
+            );
+        }
+        _ => {}
+    };
+    for name in [
+        "CreateContextRequest",
+        "PatchContextRequest",
+        "SearchRequest",
+    ] {
+        let schema = &mut doc["components"]["schemas"][name];
+        if let Some(props) = schema["properties"].as_object_mut() {
+            for (name, prop) in props.iter_mut() {
+                if let Some(prop) = prop.as_object_mut() {
+                    field(name, prop);
+                }
+            }
+        }
+    }
+    if let Some(params) = doc["paths"]["/contexts"]["get"]["parameters"].as_array_mut() {
+        for p in params {
+            let name = p["name"].as_str().unwrap_or_default().to_owned();
+            if let Some(schema) = p["schema"].as_object_mut() {
+                field(&name, schema);
+            }
+        }
+    }
+    // One of expires_at and ttl_seconds. A create reads `null` as absent; a
+    // PATCH reads `expires_at: null` as "clear it", so there it counts.
+    doc["components"]["schemas"]["CreateContextRequest"]["not"] = json!({
+        "required": ["expires_at", "ttl_seconds"],
+        "properties": {"expires_at": {"type": "string"}, "ttl_seconds": {"type": "number"}},
     });
+    doc["components"]["schemas"]["PatchContextRequest"]["not"] = json!({
+        "required": ["expires_at", "ttl_seconds"],
+        "properties": {"ttl_seconds": {"type": "number"}},
+    });
+    // Exactly one of query and vector (`null` is absent).
+    doc["components"]["schemas"]["SearchRequest"]["oneOf"] = json!([
+        {"required": ["query"], "properties": {"query": {"type": "string"}}},
+        {"required": ["vector"], "properties": {"vector": {"type": "array"}}},
+    ]);
+    // If-Match: `*` or entity tags; one that names no version answers 412.
+    for (path, method) in [("/contexts/{id}", "patch"), ("/contexts/{id}", "delete")] {
+        if let Some(params) = doc["paths"][path][method]["parameters"].as_array_mut() {
+            for p in params.iter_mut().filter(|p| p["name"] == "If-Match") {
+                p["schema"]["pattern"] = json!("^(\\*|(W/)?\"[^\"]*\"(, *(W/)?\"[^\"]*\")*)$");
+            }
+        }
+    }
+}
+
+/// OpenAPI links: what a client can do next with a created or updated
+/// context. Stateful fuzzing follows them (create, then get, patch, search
+/// and delete that id).
+fn links(doc: &mut Value) {
+    let id = "$response.body#/id";
+    let etag = "$response.header.ETag";
+    let next = json!({
+        "GetContext": {"operationId": "get_context", "parameters": {"path.id": id},
+            "description": "Read it back"},
+        "UpdateContext": {"operationId": "update_context",
+            "parameters": {"path.id": id, "header.If-Match": etag},
+            "description": "Change it, if it is still this version"},
+        "DeleteContext": {"operationId": "delete_context", "parameters": {"path.id": id},
+            "description": "Delete it"},
+        "SearchUser": {"operationId": "search_contexts",
+            "requestBody": {"user_id": "$response.body#/user_id"},
+            "description": "Search its user's contexts"},
+        "ListUser": {"operationId": "list_contexts",
+            "parameters": {"query.user_id": "$response.body#/user_id"},
+            "description": "List its user's contexts"},
+    });
+    for (path, method, status) in [
+        ("/contexts", "post", "201"),
+        ("/contexts/{id}", "get", "200"),
+        ("/contexts/{id}", "patch", "200"),
+    ] {
+        let response = &mut doc["paths"][path][method]["responses"][status];
+        if response.is_object() {
+            response["links"] = next.clone();
+        }
+    }
+}
+
+/// GET /openapi.json (built once: the dimension does not change while running).
+pub async fn openapi_json(State(state): State<AppState>) -> Response {
+    static JSON: OnceLock<String> = OnceLock::new();
+    let body = JSON.get_or_init(|| document(state.contexts.dim()).to_string());
     ([(header::CONTENT_TYPE, "application/json")], body.as_str()).into_response()
 }
 

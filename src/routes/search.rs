@@ -8,10 +8,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::contexts::ContextResponse;
-use super::extract::{AppJson, Caller};
+use super::extract::{whole_number, AppJson, Caller};
 use crate::domain::{
-    json_object, parse_min_score, ContextType, Embedding, SearchFilter, SearchInput, TopK, UserId,
-    ValidationError,
+    json_object, parse_min_score, text_to_embed, ContextType, Embedding, SearchFilter, SearchInput,
+    TopK, UserId, ValidationError,
 };
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -23,9 +23,10 @@ pub struct SearchRequest {
     /// Text to embed and search for.
     query: Option<String>,
     /// A vector of `EMBEDDING_DIM` values to search for.
-    vector: Option<Vec<f32>>,
+    vector: Option<Vec<f64>>,
     /// How many results, 1 to 100 (default 10).
     #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "whole_number")]
     k: Option<i64>,
     /// Only this user's contexts (a user key: its own, always).
     user_id: Option<Uuid>,
@@ -35,7 +36,7 @@ pub struct SearchRequest {
     metadata: Option<Value>,
     /// Only results with at least this cosine similarity, -1 to 1.
     #[schema(minimum = -1.0, maximum = 1.0)]
-    min_score: Option<f32>,
+    min_score: Option<f64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -54,11 +55,8 @@ pub struct SearchResponse {
 impl SearchRequest {
     fn parse(self, dim: usize) -> Result<(SearchInput, SearchFilter, TopK), ValidationError> {
         let input = match (self.query, self.vector) {
-            (Some(q), None) if q.trim().is_empty() => {
-                return Err(ValidationError::new("query", "must not be empty"))
-            }
-            (Some(q), None) => SearchInput::Text(q),
-            (None, Some(v)) => SearchInput::Vector(Embedding::parse("vector", v, dim)?),
+            (Some(q), None) => SearchInput::Text(text_to_embed("query", q)?),
+            (None, Some(v)) => SearchInput::Vector(Embedding::from_wire("vector", v, dim)?),
             (Some(_), Some(_)) => {
                 return Err(ValidationError::new(
                     "query",
