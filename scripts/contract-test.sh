@@ -65,13 +65,14 @@ phase "schemathesis (all checks, all phases, $examples examples per operation, s
 rm -rf "$report"
 mkdir -p "$report"
 status=0
-.contract-venv/bin/st --config-file scripts/schemathesis.toml run "http://127.0.0.1:$port/openapi.json" \
+SCHEMATHESIS_HOOKS=${CONTRACT_HOOKS-contract_hooks} PYTHONPATH="$REPO/scripts" \
+    .contract-venv/bin/st --config-file scripts/schemathesis.toml run "http://127.0.0.1:$port/openapi.json" \
     --checks all \
     --phases examples,coverage,fuzzing,stateful \
     --header "Authorization: Bearer $key" \
     --max-examples "$examples" \
     --seed "$seed" \
-    --workers 2 \
+    --workers 1 \
     --request-timeout 10 \
     --suppress-health-check too_slow,filter_too_much \
     --report junit,ndjson --report-dir "$report" \

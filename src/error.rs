@@ -23,6 +23,8 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("precondition failed: {0}")]
     PreconditionFailed(String),
     #[error("request body too large: {0}")]
@@ -122,6 +124,14 @@ impl ApiError {
                 "Method not allowed",
                 "this route does not accept that method".into(),
                 None,
+                Log::Debug,
+            ),
+            Conflict(d) => (
+                S::CONFLICT,
+                "conflict",
+                "Conflict",
+                d.clone(),
+                Some("1"),
                 Log::Debug,
             ),
             PreconditionFailed(d) => (

@@ -90,6 +90,8 @@ impl App {
             lifecycle: Lifecycle::default(),
             metrics,
             redis_optional: settings.redis.optional,
+            idempotency_ttl: settings.http.idempotency_ttl,
+            request_timeout: settings.http.request_timeout,
         });
         Ok(Self {
             listener,

@@ -32,6 +32,10 @@ pub struct Shared {
     pub lifecycle: Lifecycle,
     pub metrics: PrometheusHandle,
     pub redis_optional: bool,
+    /// How long an Idempotency-Key's first answer is kept.
+    pub idempotency_ttl: std::time::Duration,
+    /// REQUEST_TIMEOUT_MS: how long a retry waits for a first answer.
+    pub request_timeout: std::time::Duration,
 }
 
 /// `None` keys: authentication disabled, every caller is admin.

@@ -125,6 +125,8 @@ settings! {
     max_concurrent_requests: usize = 512;
     /// API requests running longer get 503
     request_timeout_ms: u64 = 20_000;
+    /// how long the first answer to a write with an `Idempotency-Key` is kept (across replicas)
+    idempotency_ttl_seconds: u64 = 86_400;
     /// after SIGTERM, how long `/ready` says `draining` before the listener closes
     shutdown_delay_ms: u64 = 0;
     /// how long in-flight requests get to finish (under compose's 30 s)

@@ -116,6 +116,7 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     pub max_concurrent_requests: usize,
     pub request_timeout: Duration,
+    pub idempotency_ttl: Duration,
     pub shutdown_delay: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -368,10 +369,12 @@ impl HttpSettings {
             raw.max_concurrent_requests as u64,
         )?;
         positive("REQUEST_TIMEOUT_MS", raw.request_timeout_ms)?;
+        positive("IDEMPOTENCY_TTL_SECONDS", raw.idempotency_ttl_seconds)?;
         Ok(Self {
             max_body_bytes: raw.max_body_bytes,
             max_concurrent_requests: raw.max_concurrent_requests,
             request_timeout: Duration::from_millis(raw.request_timeout_ms),
+            idempotency_ttl: Duration::from_secs(raw.idempotency_ttl_seconds),
             shutdown_delay: Duration::from_millis(raw.shutdown_delay_ms),
             shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_seconds),
         })

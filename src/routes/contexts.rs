@@ -10,7 +10,8 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::extract::{if_match, whole_number, AppJson, AppQuery, Caller};
+use super::extract::{if_match, whole_number, AppJson, AppQuery, Caller, KeyedJson};
+use super::idempotency;
 use crate::auth::Scope;
 use crate::domain::{
     embedding_text, json_object, storable_instant, text_to_embed, Context, ContextId, ContextPatch,
@@ -158,27 +159,17 @@ pub struct DeleteParams {
     hard: Option<bool>,
 }
 
-/// `?include=embedding` (a comma-separated list, for room to grow).
+/// `?include=embedding` (or empty: nothing more).
 pub fn wants_embedding(include: Option<&str>) -> Result<bool, ApiError> {
-    let mut embedding = false;
-    for part in include
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
-        match part {
-            "embedding" => embedding = true,
-            other => {
-                return Err(ValidationError::new(
-                    "include",
-                    format!("unknown value {other:?}; allowed: embedding"),
-                )
-                .into())
-            }
-        }
+    match include.unwrap_or_default() {
+        "" => Ok(false),
+        "embedding" => Ok(true),
+        other => Err(ValidationError::new(
+            "include",
+            format!("unknown value {other:?}; allowed: embedding"),
+        )
+        .into()),
     }
-    Ok(embedding)
 }
 
 fn with_etag(
@@ -281,8 +272,10 @@ impl PatchContextRequest {
 /// embedding service answers in time, else it is stored `pending` and embedded
 /// by the worker.
 #[utoipa::path(post, path = "/contexts", tag = "contexts",
+    params(("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY_KEY_DOC)),
     request_body = CreateContextRequest,
     responses(
+        (status = 409, description = "A request with this Idempotency-Key is still running (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 201, description = "Created", body = ContextResponse,
             headers(("ETag" = String, description = "The version"), ("Location" = String))),
         (status = 403, description = "A user key writing for another user", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -290,18 +283,26 @@ impl PatchContextRequest {
 pub async fn create_context(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    AppJson(body): AppJson<CreateContextRequest>,
+    KeyedJson(body, key): KeyedJson<CreateContextRequest>,
 ) -> Result<Response, ApiError> {
-    let new = body.parse(scope, state.contexts.dim())?;
-    let ctx = state.contexts.create(scope, new).await?;
-    let location = HeaderValue::from_str(&format!("/contexts/{}", ctx.id.0))
-        .expect("a UUID path is a valid header");
-    Ok(with_etag(
-        StatusCode::CREATED,
-        ctx,
-        Some((header::LOCATION, location)),
-    ))
+    let contexts = state.contexts.clone();
+    idempotency::once(&state, scope, key, async move {
+        let new = body.parse(scope, contexts.dim())?;
+        let ctx = contexts.create(scope, new).await?;
+        let location = HeaderValue::from_str(&format!("/contexts/{}", ctx.id.0))
+            .expect("a UUID path is a valid header");
+        Ok(with_etag(
+            StatusCode::CREATED,
+            ctx,
+            Some((header::LOCATION, location)),
+        ))
+    })
+    .await
 }
+
+const IDEMPOTENCY_KEY_DOC: &str = "A key naming this request (a UUID is best; 1 to 255 \
+    visible ASCII characters). A retry with it gets the first answer, marked \
+    `Idempotent-Replayed: true`, and writes nothing; the same key with another body is 422.";
 
 /// Items a batch may carry.
 pub const MAX_BATCH_ITEMS: usize = 1000;
@@ -351,13 +352,30 @@ impl BatchItemResult {
 /// problem. The request fails as a whole only when it is malformed or a
 /// dependency the insert needs is down.
 #[utoipa::path(post, path = "/contexts/batch", tag = "contexts",
+    params(("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY_KEY_DOC)),
     request_body = BatchCreateRequest,
-    responses((status = 200, description = "A result per item, in order", body = BatchCreateResponse)))]
+    responses(
+        (status = 200, description = "A result per item, in order", body = BatchCreateResponse),
+        (status = 409, description = "A request with this Idempotency-Key is still running (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn create_contexts(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    AppJson(body): AppJson<BatchCreateRequest>,
-) -> Result<Json<BatchCreateResponse>, ApiError> {
+    KeyedJson(body, key): KeyedJson<BatchCreateRequest>,
+) -> Result<Response, ApiError> {
+    let contexts = state.contexts.clone();
+    idempotency::once(&state, scope, key, async move {
+        let answer = create_batch(&contexts, scope, body).await?;
+        Ok(Json(answer).into_response())
+    })
+    .await
+}
+
+async fn create_batch(
+    contexts: &crate::service::Contexts,
+    scope: Scope,
+    body: BatchCreateRequest,
+) -> Result<BatchCreateResponse, ApiError> {
     let n = body.items.len();
     if !(1..=MAX_BATCH_ITEMS).contains(&n) {
         return Err(ValidationError::new(
@@ -374,7 +392,7 @@ pub async fn create_contexts(
         )
         .into());
     }
-    let dim = state.contexts.dim();
+    let dim = contexts.dim();
     let mut slots: Vec<Option<BatchItemResult>> = Vec::with_capacity(n);
     let mut valid = Vec::with_capacity(n);
     for (i, item) in body.items.into_iter().enumerate() {
@@ -390,7 +408,7 @@ pub async fn create_contexts(
             Err(e) => slots.push(Some(BatchItemResult::failed(e))),
         }
     }
-    let mut stored = state.contexts.create_many(scope, valid).await?.into_iter();
+    let mut stored = contexts.create_many(scope, valid).await?.into_iter();
     let results: Vec<BatchItemResult> = slots
         .into_iter()
         .map(|slot| match slot {
@@ -406,11 +424,11 @@ pub async fn create_contexts(
         })
         .collect();
     let created = results.iter().filter(|r| r.status == 201).count();
-    Ok(Json(BatchCreateResponse {
+    Ok(BatchCreateResponse {
         created,
         failed: results.len() - created,
         results,
-    }))
+    })
 }
 
 /// A visible context (not deleted, not expired, in the key's scope).

@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
+use super::idempotency::{self, IdempotencyKey};
 use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::state::AuthState;
@@ -25,23 +26,54 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json(req.headers()) {
-            return Err(ApiError::UnsupportedMediaType(
-                "expected a request with `Content-Type: application/json`".into(),
-            ));
+        read_json(req, state).await.map(|(v, _)| Self(v))
+    }
+}
+
+/// [`AppJson`], and the request's `Idempotency-Key` (checked, and bound to
+/// the method, path and body: see [`super::idempotency`]).
+pub struct KeyedJson<T>(pub T, pub Option<IdempotencyKey>);
+
+impl<S, T> FromRequest<S> for KeyedJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let key = req.headers().get(idempotency::HEADER).cloned();
+        let (value, bytes) = read_json(req, state).await?;
+        let key = key
+            .map(|k| IdempotencyKey::parse(&k, method.as_str(), &path, &bytes))
+            .transpose()?;
+        Ok(Self(value, key))
+    }
+}
+
+async fn read_json<S, T>(req: Request, state: &S) -> Result<(T, Bytes), ApiError>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    if !is_json(req.headers()) {
+        return Err(ApiError::UnsupportedMediaType(
+            "expected a request with `Content-Type: application/json`".into(),
+        ));
+    }
+    let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(r.body_text())
+        } else {
+            ApiError::BadRequest(r.body_text())
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(r.body_text())
-            } else {
-                ApiError::BadRequest(r.body_text())
-            }
-        })?;
-        check_json(&bytes)?;
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
+    })?;
+    check_json(&bytes)?;
+    match axum::Json::<T>::from_bytes(&bytes) {
+        Ok(axum::Json(v)) => Ok((v, bytes)),
+        Err(rejection) => Err(json_rejection(rejection)),
     }
 }
 

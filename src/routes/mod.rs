@@ -4,6 +4,7 @@
 mod contexts;
 pub(crate) mod extract;
 mod health;
+mod idempotency;
 mod middleware;
 pub mod openapi;
 mod search;

@@ -212,6 +212,13 @@ fn refine(doc: &mut Value, dim: usize) {
         {"required": ["query"], "properties": {"query": {"type": "string"}}},
         {"required": ["vector"], "properties": {"vector": {"type": "array"}}},
     ]);
+    for path in ["/contexts", "/contexts/batch"] {
+        if let Some(params) = doc["paths"][path]["post"]["parameters"].as_array_mut() {
+            for p in params.iter_mut().filter(|p| p["name"] == "Idempotency-Key") {
+                p["schema"]["pattern"] = json!("^[!-~]{1,255}$");
+            }
+        }
+    }
     // If-Match: `*` or entity tags; one that names no version answers 412.
     for (path, method) in [("/contexts/{id}", "patch"), ("/contexts/{id}", "delete")] {
         if let Some(params) = doc["paths"][path][method]["parameters"].as_array_mut() {

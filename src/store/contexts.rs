@@ -485,6 +485,14 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
+        // Idempotency keys past their time go with the same job.
+        sqlx::query!(
+            "DELETE FROM idempotency_keys WHERE ctid IN (
+                SELECT ctid FROM idempotency_keys WHERE expires_at <= now() LIMIT $1)",
+            batch
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Some(ids.into_iter().map(ContextId).collect()))
     }

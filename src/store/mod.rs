@@ -1,10 +1,12 @@
 //! PostgreSQL storage. The only place that speaks SQL.
 
 mod contexts;
+mod idempotency;
 
 pub use contexts::{
     ef_search, search_query, Claim, Current, EmbeddingChange, PendingRow, Replacement,
 };
+pub use idempotency::{Answer, Recorded};
 mod migrate;
 
 pub use migrate::{migrate, MigrateError};

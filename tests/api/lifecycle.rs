@@ -274,7 +274,7 @@ async fn migrate_is_a_separate_idempotent_step_and_serve_refuses_an_unmigrated_d
     // A database with nothing in it.
     let db = TestDb::create(DIM).await;
     let pool = db.pool().await;
-    sqlx::query("DROP TABLE contexts, _sqlx_migrations")
+    sqlx::query("DROP TABLE contexts, idempotency_keys, _sqlx_migrations")
         .execute(&pool)
         .await
         .unwrap();

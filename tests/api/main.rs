@@ -11,6 +11,7 @@ mod contexts;
 mod docs;
 mod embeddings;
 mod health;
+mod idempotency;
 mod input;
 mod lifecycle;
 #[cfg(feature = "local-embeddings")]
