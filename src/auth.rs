@@ -106,6 +106,13 @@ impl ApiKeys {
     /// is compared, each in constant time, whether or not one matched: the
     /// time taken says nothing about which key, or how much of one, matched.
     pub fn lookup(&self, presented: &str) -> Option<Scope> {
+        self.identify(presented).map(|(scope, _)| scope)
+    }
+
+    /// [`Self::lookup`], and a name for the key that is safe to log or use
+    /// as a Redis key: the first 8 bytes of its SHA-256, in hex (the config
+    /// holds the whole hash already).
+    pub fn identify(&self, presented: &str) -> Option<(Scope, String)> {
         let presented = hash_key(presented);
         let mut found = None;
         for (hash, scope) in &self.keys {
@@ -113,7 +120,7 @@ impl ApiKeys {
                 found = Some(*scope);
             }
         }
-        found
+        found.map(|scope| (scope, hex::encode(&presented[..8])))
     }
 }
 

@@ -35,6 +35,9 @@ pub enum ApiError {
     Validation(String),
     #[error("overloaded: {0}")]
     Overloaded(&'static str),
+    /// Over this key's rate limit; retry after this many seconds.
+    #[error("rate limited for {0} s")]
+    RateLimited(u64),
     #[error("dependency unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -76,7 +79,7 @@ struct Spec {
     /// What the client may read. Internal causes stay in the logs.
     detail: String,
     /// Seconds, for a Retry-After header.
-    retry_after: Option<&'static str>,
+    retry_after: Option<u64>,
     log: Log,
 }
 
@@ -131,7 +134,7 @@ impl ApiError {
                 "conflict",
                 "Conflict",
                 d.clone(),
-                Some("1"),
+                Some(1),
                 Log::Debug,
             ),
             PreconditionFailed(d) => (
@@ -171,15 +174,23 @@ impl ApiError {
                 "overloaded",
                 "Service overloaded",
                 format!("{what}; retry later"),
-                Some("1"),
+                Some(1),
                 Log::Warn,
+            ),
+            RateLimited(secs) => (
+                S::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                format!("this key is over its rate limit; retry in {secs} s"),
+                Some(*secs),
+                Log::Debug,
             ),
             Unavailable(_) => (
                 S::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Dependency unavailable",
                 "a required dependency is unavailable; retry later".into(),
-                Some("5"),
+                Some(5),
                 Log::Warn,
             ),
             Internal(_) => (
@@ -241,7 +252,7 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Some(secs) = spec.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -146,7 +146,18 @@ impl App {
             settings.http.max_concurrent_requests,
             settings.http.request_timeout,
         );
-        let router = routes::router(state.clone(), admission, settings.http.max_body_bytes);
+        let limits = routes::RateLimits {
+            keys: state.auth.keys.clone(),
+            cache: contexts.cache().clone(),
+            admin_per_minute: settings.http.rate_limit_admin_per_minute,
+            user_per_minute: settings.http.rate_limit_user_per_minute,
+        };
+        let router = routes::router(
+            state.clone(),
+            admission,
+            limits,
+            settings.http.max_body_bytes,
+        );
 
         let lifecycle = state.lifecycle.clone();
         let drain_started = CancellationToken::new();

@@ -29,6 +29,7 @@ use crate::config::RedisSettings;
 use crate::domain::{Context, ContextId};
 
 const PUT_IF_NEWER: &str = include_str!("put_if_newer.lua");
+const THROTTLE: &str = include_str!("throttle.lua");
 
 /// A deleted context: cached so that a concurrent reader cannot revive it.
 const TOMBSTONE: &str = "";
@@ -42,6 +43,18 @@ pub enum Lookup {
     /// Deleted: answer 404 without asking the database.
     Gone,
     Miss,
+}
+
+/// One request counted against a key's rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    pub allowed: bool,
+    /// Requests left in the window after this one.
+    pub remaining: u64,
+    /// Until the whole quota is available again.
+    pub reset: Duration,
+    /// Until the next request is allowed (zero when this one was).
+    pub retry_after: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +77,7 @@ struct Inner {
     embedding_ttl: Duration,
     op_timeout: Duration,
     put_script: Script,
+    throttle_script: Script,
     /// `None` when LOCAL_CACHE_ENTRIES is 0.
     local: Option<Arc<Local>>,
     /// Where the put script announces newer entries.
@@ -102,6 +116,7 @@ impl Cache {
                 embedding_ttl: settings.embedding_ttl,
                 op_timeout: settings.op_timeout,
                 put_script: Script::new(PUT_IF_NEWER),
+                throttle_script: Script::new(THROTTLE),
                 // Invalidation is the coherence; the TTL only bounds memory held
                 // by entries nobody reads.
                 local: (settings.local_entries > 0)
@@ -113,6 +128,42 @@ impl Cache {
 
     pub fn is_enabled(&self) -> bool {
         self.inner.is_some()
+    }
+
+    /// Counts one request against `who`'s limit of `quota` per `window`
+    /// (see throttle.lua). `None` when Redis is disabled or failing: a
+    /// limiter that cannot count lets requests through (counted in
+    /// `rate_limit_errors_total`) rather than failing them.
+    #[tracing::instrument(level = "debug", name = "cache.throttle", skip(self, window))]
+    pub async fn throttle(&self, who: &str, quota: u32, window: Duration) -> Option<Throttle> {
+        let inner = self.inner.as_ref()?;
+        let key = format!("{}rl:{who}", inner.prefix);
+        let window_ms = window.as_millis().max(1) as u64;
+        let interval_ms = (window_ms / u64::from(quota.max(1))).max(1);
+        let script = &inner.throttle_script;
+        let res = inner
+            .run(|mut c| async move {
+                script
+                    .key(key)
+                    .arg(interval_ms)
+                    .arg(window_ms)
+                    .invoke_async::<(i64, i64, i64, i64)>(&mut c)
+                    .await
+            })
+            .await;
+        match res {
+            Ok((allowed, remaining, reset_ms, retry_ms)) => Some(Throttle {
+                allowed: allowed == 1,
+                remaining: remaining.max(0) as u64,
+                reset: Duration::from_millis(reset_ms.max(0) as u64),
+                retry_after: Duration::from_millis(retry_ms.max(0) as u64),
+            }),
+            Err(e) => {
+                metrics::counter!("rate_limit_errors_total").increment(1);
+                tracing::warn!(error = %e, "rate limiter unavailable; letting the request through");
+                None
+            }
+        }
     }
 
     /// PING within `timeout` (longer than the per-request bound: a probe

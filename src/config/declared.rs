@@ -125,6 +125,10 @@ settings! {
     max_concurrent_requests: usize = 512;
     /// API requests running longer get 503
     request_timeout_ms: u64 = 20_000;
+    /// requests a minute for each admin key, shared by all replicas through Redis; 0: no limit
+    rate_limit_admin_per_minute: u32 = 0;
+    /// requests a minute for each user key, shared by all replicas through Redis; 0: no limit
+    rate_limit_user_per_minute: u32 = 0;
     /// how long the first answer to a write with an `Idempotency-Key` is kept (across replicas)
     idempotency_ttl_seconds: u64 = 86_400;
     /// after SIGTERM, how long `/ready` says `draining` before the listener closes

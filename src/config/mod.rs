@@ -117,6 +117,9 @@ pub struct HttpSettings {
     pub max_concurrent_requests: usize,
     pub request_timeout: Duration,
     pub idempotency_ttl: Duration,
+    /// Requests a minute per admin key and per user key; 0: no limit.
+    pub rate_limit_admin_per_minute: u32,
+    pub rate_limit_user_per_minute: u32,
     pub shutdown_delay: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -370,11 +373,20 @@ impl HttpSettings {
         )?;
         positive("REQUEST_TIMEOUT_MS", raw.request_timeout_ms)?;
         positive("IDEMPOTENCY_TTL_SECONDS", raw.idempotency_ttl_seconds)?;
+        let limited = raw.rate_limit_admin_per_minute > 0 || raw.rate_limit_user_per_minute > 0;
+        if limited && raw.redis_url.is_none() && raw.redis_url_file.is_none() {
+            return Err(err(
+                "RATE_LIMIT_ADMIN_PER_MINUTE",
+                "rate limits are counted in Redis, shared by every replica: set REDIS_URL",
+            ));
+        }
         Ok(Self {
             max_body_bytes: raw.max_body_bytes,
             max_concurrent_requests: raw.max_concurrent_requests,
             request_timeout: Duration::from_millis(raw.request_timeout_ms),
             idempotency_ttl: Duration::from_secs(raw.idempotency_ttl_seconds),
+            rate_limit_admin_per_minute: raw.rate_limit_admin_per_minute,
+            rate_limit_user_per_minute: raw.rate_limit_user_per_minute,
             shutdown_delay: Duration::from_millis(raw.shutdown_delay_ms),
             shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_seconds),
         })

@@ -14,6 +14,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::auth::{ApiKeys, Scope};
+use crate::cache::Cache;
 use crate::error::ApiError;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -98,4 +100,65 @@ pub async fn admit(State(admission): State<Admission>, req: Request, next: Next)
             ApiError::Overloaded("the request did not complete in time").into_response()
         }
     }
+}
+
+/// Per-key rate limits (RATE_LIMIT_*_PER_MINUTE), counted in Redis so that
+/// every replica shares them (src/cache/throttle.lua, GCRA).
+#[derive(Clone)]
+pub struct RateLimits {
+    pub keys: Option<Arc<ApiKeys>>,
+    pub cache: Cache,
+    pub admin_per_minute: u32,
+    pub user_per_minute: u32,
+}
+
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+const RATE_LIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATE_LIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// Beyond a key's limit: 429 with Retry-After. Every answer to a limited key
+/// carries the IETF draft's fields (draft-ietf-httpapi-ratelimit-headers):
+/// `RateLimit-Policy: "per-key";q=<quota>;w=60` and
+/// `RateLimit: "per-key";r=<remaining>;t=<seconds until the quota is whole>`.
+/// Requests without a valid key pass on, to be refused with 401.
+pub async fn rate_limit(State(limits): State<RateLimits>, req: Request, next: Next) -> Response {
+    let (Some(keys), true) = (
+        limits.keys.as_ref(),
+        limits.admin_per_minute > 0 || limits.user_per_minute > 0,
+    ) else {
+        return next.run(req).await;
+    };
+    let Some((scope, who)) = super::extract::bearer(req.headers()).and_then(|t| keys.identify(t))
+    else {
+        return next.run(req).await;
+    };
+    let quota = match scope {
+        Scope::Admin => limits.admin_per_minute,
+        Scope::User(_) => limits.user_per_minute,
+    };
+    if quota == 0 {
+        return next.run(req).await;
+    }
+    let Some(t) = limits.cache.throttle(&who, quota, RATE_WINDOW).await else {
+        return next.run(req).await;
+    };
+    let mut resp = if t.allowed {
+        next.run(req).await
+    } else {
+        metrics::counter!("rate_limited_total").increment(1);
+        ApiError::RateLimited(t.retry_after.as_secs_f64().ceil().max(1.0) as u64).into_response()
+    };
+    let headers = resp.headers_mut();
+    let policy = format!("\"per-key\";q={quota};w={}", RATE_WINDOW.as_secs());
+    let state = format!(
+        "\"per-key\";r={};t={}",
+        t.remaining,
+        t.reset.as_secs_f64().ceil() as u64
+    );
+    for (name, value) in [(RATE_LIMIT_POLICY, policy), (RATE_LIMIT, state)] {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+    resp
 }

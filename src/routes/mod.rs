@@ -15,12 +15,17 @@ use axum::Router;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-pub use middleware::Admission;
+pub use middleware::{Admission, RateLimits};
 
 /// The batch route accepts this many times MAX_BODY_BYTES (16 MiB by default).
 pub const BATCH_BODY_FACTOR: usize = 16;
 
-pub fn router(state: AppState, admission: Admission, max_body_bytes: usize) -> Router {
+pub fn router(
+    state: AppState,
+    admission: Admission,
+    limits: RateLimits,
+    max_body_bytes: usize,
+) -> Router {
     // Liveness, readiness and metrics stay outside admission control: probes
     // must answer while the API sheds load.
     let public = Router::new()
@@ -55,6 +60,11 @@ pub fn router(state: AppState, admission: Admission, max_body_bytes: usize) -> R
         .layer(axum::middleware::from_fn_with_state(
             admission,
             middleware::admit,
+        ))
+        // Outside admission: a throttled key takes no admission slot.
+        .layer(axum::middleware::from_fn_with_state(
+            limits,
+            middleware::rate_limit,
         ));
 
     let app = public

@@ -78,6 +78,11 @@ impl Modify for Contract {
             ("415", "The body is not application/json", true),
             ("422", "Valid JSON the service cannot take", false),
             (
+                "429",
+                "Over this key's rate limit (Retry-After; RateLimit and RateLimit-Policy)",
+                false,
+            ),
+            (
                 "503",
                 "Overloaded, or a required dependency is down (Retry-After)",
                 false,

@@ -14,6 +14,7 @@ mod health;
 mod idempotency;
 mod input;
 mod lifecycle;
+mod limits;
 #[cfg(feature = "local-embeddings")]
 mod local;
 mod plan;
