@@ -97,6 +97,12 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// How deep arrays and objects may nest in a body.
 pub const MAX_JSON_DEPTH: usize = 32;
+/// The longest string (or key) in a body, in bytes of UTF-8: room for a long
+/// document in `content`, not for a body that is one string.
+pub const MAX_STRING_BYTES: usize = 256 * 1024;
+/// The most items in one array, or members in one object: room for a vector
+/// of pgvector's largest dimension (16,000).
+pub const MAX_COLLECTION_ITEMS: usize = 16_384;
 
 /// One pass over the body before it is read into its type, so that every
 /// route and field gets the same answers:
@@ -104,7 +110,10 @@ pub const MAX_JSON_DEPTH: usize = 32;
 ///   when the JSON before the fault would have had the wrong shape;
 /// - a string or key holding U+0000, which PostgreSQL cannot store in text
 ///   or jsonb: 422;
-/// - arrays and objects nested deeper than [`MAX_JSON_DEPTH`]: 422.
+/// - arrays and objects nested deeper than [`MAX_JSON_DEPTH`], strings longer
+///   than [`MAX_STRING_BYTES`], arrays or objects of more than
+///   [`MAX_COLLECTION_ITEMS`]: 422, naming the limit (bodies over the size
+///   limit are 413 before this).
 pub fn check_json(body: &[u8]) -> Result<(), ApiError> {
     use serde::de::DeserializeSeed;
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -142,10 +151,25 @@ impl Checked {
 }
 
 fn storable<E: serde::de::Error>(s: &str) -> Result<(), E> {
+    if s.len() > MAX_STRING_BYTES {
+        return Err(E::custom(format_args!(
+            "a string is {} bytes long; the limit is {MAX_STRING_BYTES}",
+            s.len()
+        )));
+    }
     if s.contains('\0') {
         return Err(E::custom(
             "strings must not contain U+0000 (NUL), which PostgreSQL cannot store",
         ));
+    }
+    Ok(())
+}
+
+fn too_many<E: serde::de::Error>(n: usize) -> Result<(), E> {
+    if n > MAX_COLLECTION_ITEMS {
+        return Err(E::custom(format_args!(
+            "an array or object holds more than {MAX_COLLECTION_ITEMS} items"
+        )));
     }
     Ok(())
 }
@@ -183,13 +207,20 @@ impl<'de> serde::de::Visitor<'de> for Checked {
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let inner = self.deeper()?;
-        while seq.next_element_seed(inner)?.is_some() {}
+        let mut n = 0;
+        while seq.next_element_seed(inner)?.is_some() {
+            n += 1;
+            too_many::<A::Error>(n)?;
+        }
         Ok(())
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let inner = self.deeper()?;
+        let mut n = 0;
         while map.next_key_seed(Checked { depth: 0 })?.is_some() {
             map.next_value_seed(inner)?;
+            n += 1;
+            too_many::<A::Error>(n)?;
         }
         Ok(())
     }

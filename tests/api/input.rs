@@ -4,7 +4,8 @@
 //! - strings Postgres cannot store (U+0000) and instants it cannot hold are
 //!   422, on every route and field, never 500;
 //! - writers without If-Match are applied one on top of the other, never 412;
-//! - numbers at the edges of a double read back after Postgres respells them.
+//! - numbers at the edges of a double read back after Postgres respells them;
+//! - strings, arrays and objects over their size limits are 422.
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -207,6 +208,45 @@ async fn deep_nesting_is_refused_before_it_reaches_the_database() {
         problem["detail"].as_str().unwrap().contains("nest"),
         "{problem}"
     );
+}
+
+/// Strings, arrays and objects over their size limits are 422 naming the
+/// limit, on every route (a batch item included), while the body is under
+/// the size limit; a body over the size limit is 413.
+#[tokio::test]
+async fn oversized_strings_and_collections_are_422_and_big_bodies_413() {
+    let app = spawn_app().await;
+    let user = app.alice.id;
+    let long = "x".repeat(300 * 1024);
+    let many: Vec<u8> = vec![0; 20_000];
+    let wide: serde_json::Map<String, Value> =
+        (0..20_000).map(|i| (format!("k{i}"), json!(0))).collect();
+    let item = |content: Value| json!({"user_id": user, "context_type": "t", "content": content});
+    let cases = [
+        ("/contexts", item(json!({"text": long})), "bytes long"),
+        ("/contexts", item(json!({"a": many})), "more than"),
+        ("/contexts", item(Value::Object(wide)), "more than"),
+        ("/contexts/search", json!({"query": long}), "bytes long"),
+        (
+            "/contexts/batch",
+            json!({"items": [item(json!({"text": long}))]}),
+            "bytes long",
+        ),
+    ];
+    for (path, body, says) in cases {
+        let resp = app.req(Method::POST, path).json(&body).sent().await;
+        let problem = assert_problem(resp, 422).await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{path}: {detail}");
+    }
+    // Just under the limits is fine.
+    let fits = item(json!({"text": "x".repeat(256 * 1024), "a": vec![0; 16_384]}));
+    let resp = app.req(Method::POST, "/contexts").json(&fits).sent().await;
+    assert_eq!(resp.status(), 201);
+    // Over the body limit (1 MiB by default) is 413, whatever is inside.
+    let huge = item(json!({"a": "y".repeat(100_000), "b": vec!["z".repeat(100_000); 11]}));
+    let resp = app.req(Method::POST, "/contexts").json(&huge).sent().await;
+    assert_problem(resp, 413).await;
 }
 
 /// Numbers in content and metadata at the edges of a double. Postgres keeps a
