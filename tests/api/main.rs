@@ -19,3 +19,4 @@ mod limits;
 mod local;
 mod plan;
 mod search;
+mod secrets;
