@@ -9,6 +9,7 @@
 #   start   install what is missing, start what is not running (idempotent:
 #           a second run is a fast no-op)
 #   stop    stop both services (no-op if they are not running)
+#   stop-pg, stop-redis   stop one of them (`start` brings it back)
 #   status  report both; exit 0 if both are up, 3 otherwise
 #   env     print `export` lines for TEST_DATABASE_URL, TEST_REDIS_URL and PSQL
 #           (the psql client of the installed Postgres)
@@ -385,6 +386,12 @@ case "${1:-}" in
         stop_pg || rc=1
         exit "$rc"
         ;;
+    stop-pg|stop-redis)
+        # One service only (the fault tests stop and start each under load).
+        [[ -d "$SERVICES" ]] || { log "nothing to stop"; exit 0; }
+        with_lock
+        "${1//-/_}"
+        ;;
     status)
         rc=0
         status_pg || rc=3
@@ -397,7 +404,7 @@ case "${1:-}" in
         printf 'export PSQL=%s\n' "$PSQL_OUT"
         ;;
     *)
-        echo "usage: $0 start|stop|status|env" >&2
+        echo "usage: $0 start|stop|stop-pg|stop-redis|status|env" >&2
         exit 2
         ;;
 esac

@@ -33,6 +33,7 @@ pub async fn purge_expired(
                     }
                 }
                 Ok(None) => {
+                    metrics::counter!("purge_lock_busy_total").increment(1);
                     tracing::debug!("another replica is purging");
                     break;
                 }

@@ -91,6 +91,10 @@ impl TeiStub {
             .route("/info", get(info))
             .route("/health", get(health))
             .route("/embed", post(embed))
+            // Test controls for scripts driving the binary (scripts/faults.py).
+            .route("/stub/counters", get(counters))
+            .route("/stub/down", post(go_down))
+            .route("/stub/up", post(go_up))
             .with_state(stub.clone());
         tokio::spawn(async move {
             axum::serve(listener, app).await.ok();
@@ -130,6 +134,28 @@ impl TeiStub {
             d => d,
         }
     }
+}
+
+/// GET /stub/counters: /embed calls answered, and how many times each text
+/// was embedded.
+async fn counters(State(s): State<TeiStub>) -> Response {
+    let mut texts: std::collections::BTreeMap<String, usize> = Default::default();
+    for t in s.switches.inputs.lock().unwrap().iter() {
+        *texts.entry(t.clone()).or_default() += 1;
+    }
+    Json(json!({"embed_calls": s.embed_calls(), "texts": texts})).into_response()
+}
+
+/// POST /stub/down: answer 503 to everything but the /stub routes.
+async fn go_down(State(s): State<TeiStub>) -> StatusCode {
+    s.set_down(true);
+    StatusCode::NO_CONTENT
+}
+
+/// POST /stub/up: serve again.
+async fn go_up(State(s): State<TeiStub>) -> StatusCode {
+    s.set_down(false);
+    StatusCode::NO_CONTENT
 }
 
 fn unavailable() -> Response {
