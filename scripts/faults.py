@@ -12,8 +12,9 @@ Scenarios:
   pg_restart       Postgres stopped under load, then started again: while it
                    is down only 503 with Retry-After and no request past the
                    request timeout; recovery within 5 s; every 201 in the table.
-  redis_kill       Redis killed (SIGKILL) under load: no failed request; no
-                   stale read once it is back.
+  redis_kill       Redis (with production's persistence settings) killed
+                   with SIGKILL under load: no failed request; no stale read
+                   once it is back.
   tei_down         TEI down under load: every write acknowledged; each text
                    embedded exactly once after it returns (the stand-in's
                    counters).
@@ -33,6 +34,8 @@ import http.client
 import json
 import os
 import random
+import re
+import shlex
 import signal
 import socket
 import statistics
@@ -397,14 +400,57 @@ def pg_restart(env: Env) -> dict:
     return s
 
 
-def redis_pid() -> int:
-    return int((REPO / ".services/redis/redis.pid").read_text().strip())
+def prod_redis_persistence() -> list[str]:
+    """The persistence flags production's Redis runs with (docker-compose.prod.yml),
+    so that what comes back after a crash is what production would get back."""
+    text = (REPO / "docker-compose.prod.yml").read_text()
+    m = re.search(r"exec redis-server (.*)", text)
+    check(m is not None, "no redis-server command in docker-compose.prod.yml")
+    tokens = shlex.split(m.group(1))
+    flags = []
+    for i, t in enumerate(tokens):
+        if t in ("--appendonly", "--save", "--appendfsync") and i + 1 < len(tokens):
+            flags += [t, tokens[i + 1]]
+    return flags
+
+
+class Redis:
+    """A Redis of its own, with production's persistence, in a directory that
+    outlives a SIGKILL."""
+
+    def __init__(self, env: Env):
+        self.env, self.port = env, free_port()
+        self.dir = env.workdir / f"redis-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.flags = prod_redis_persistence()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
+        self.proc = Proc(f"redis-{self.port}", ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                                "--dir", str(self.dir), *self.flags], dict(os.environ), self.env.workdir)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise Failed("redis-server did not start")
+
+    def kill(self) -> None:
+        self.proc.p.kill()
+        self.proc.p.wait()
 
 
 def redis_kill(env: Env) -> dict:
     db = env.scratch_db("faults_redis")
     stub = Stub(env)
-    api, port = start_api(env, "redis", db, stub)
+    redis = Redis(env)
+    api, port = start_api(env, "redis", db, stub, REDIS_URL=redis.url)
     load = Load(env, port, "redis").start()
     headers = {"Authorization": f"Bearer {env.key}"}
     versions: dict[str, int] = {}
@@ -415,7 +461,8 @@ def redis_kill(env: Env) -> dict:
             watched = load.acked_ids[:20]
         for cid in watched:  # cached now, at version 1
             request("127.0.0.1", port, "GET", f"/contexts/{cid}", None, headers)
-        os.kill(redis_pid(), signal.SIGKILL)
+        time.sleep(1.5)  # an appendfsync everysec has written them
+        redis.kill()
         t_kill = time.time()
         # Writes while Redis is gone: the cached entries are now stale.
         for round_ in range(3):
@@ -427,7 +474,7 @@ def redis_kill(env: Env) -> dict:
                 else:
                     patch_fail += 1
             time.sleep(1)
-        env.services("start")
+        redis.start()
         t_back = time.time()
         time.sleep(3)
         stale = []
@@ -441,8 +488,10 @@ def redis_kill(env: Env) -> dict:
         load.stop()
         api.term()
         stub.stop()
+        redis.kill()
     s = load.summary()
     s.update({
+        "redis_persistence": " ".join(redis.flags),
         "redis_down_seconds": round(t_back - t_kill, 1),
         "patches_while_down": 3 * len(watched) - patch_fail,
         "stale_reads_after_return": len(stale),
