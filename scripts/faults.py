@@ -719,9 +719,11 @@ def soak(env: Env, seconds: int) -> dict:
         "samples": samples,
     })
     check(s["failed_requests"] == 0, f"failed requests in the soak: {s['failures_by_kind']}")
-    check(s["rss_mib_at_end"] <= s["rss_mib_after_warm_up"] * 1.25 + 8,
+    # Flat: within 10% and 2 MiB. (Before the recorder's upkeep ran, 300 s
+    # went from 34.3 to 40.8 MiB, every latency sample kept.)
+    check(s["rss_mib_at_end"] <= s["rss_mib_after_warm_up"] * 1.10 + 2,
           f"resident memory grew from {s['rss_mib_after_warm_up']} to {s['rss_mib_at_end']} MiB")
-    check(s["fds_at_end"] <= s["fds_after_warm_up"] + 8,
+    check(s["fds_at_end"] <= s["fds_after_warm_up"] + 4,
           f"open descriptors grew from {s['fds_after_warm_up']} to {s['fds_at_end']}")
     med = statistics.median(p99s)
     check(max(p99s) <= 3 * med + 20, f"p99 unstable: {p99s} ms")

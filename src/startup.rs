@@ -18,6 +18,9 @@ use crate::state::{AppState, AuthState, Lifecycle, Shared};
 use crate::store::{self, Store, StoreError};
 use crate::{telemetry, workers};
 
+/// How often the metrics recorder drains its histogram buffers.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot connect to the database (DATABASE_URL): {0}")]
@@ -135,6 +138,20 @@ impl App {
             stop.clone(),
         ));
         tasks.spawn(watch_embedder(contexts.clone(), stop.clone()));
+        {
+            // Histogram samples wait in the recorder until a scrape or an
+            // upkeep drains them: without this, a service nobody scrapes
+            // grows by every request's latency sample.
+            let (metrics, token) = (state.metrics.clone(), stop.clone());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(METRICS_UPKEEP) => metrics.run_upkeep(),
+                    }
+                }
+            });
+        }
         {
             let (cache, token) = (contexts.cache().clone(), stop.clone());
             tasks.spawn(async move { cache.listen(token).await });
