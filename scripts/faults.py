@@ -342,7 +342,13 @@ class Load:
             "p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
             "p99_ms": round(1000 * lat[int(len(lat) * 0.99)], 1) if lat else None,
             "max_ms": round(1000 * lat[-1], 1) if lat else None,
+            "p99_ms_by_op": {op: p99([r for r in self.results if r.op == op]) for op in self.mix},
         }
+
+
+def p99(results: list[Result]) -> float | None:
+    lat = sorted(r.t1 - r.t0 for r in results)
+    return round(1000 * lat[int(len(lat) * 0.99)], 1) if lat else None
 
 
 def rows_present(env: Env, db: str, ids: list[str]) -> int:

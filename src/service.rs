@@ -236,7 +236,7 @@ impl Contexts {
             .await?
             .ok_or(ServiceError::NotFound)?;
         if !with_embedding {
-            self.cache.put_context(&ctx).await;
+            self.cache.fill_context(&ctx).await;
         }
         // Out of scope looks exactly like absent: a user key learns nothing of others' ids.
         if !scope.allows(ctx.user_id) {

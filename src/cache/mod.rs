@@ -13,6 +13,7 @@
 
 mod local;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ const THROTTLE: &str = include_str!("throttle.lua");
 const TOMBSTONE: &str = "";
 /// Generation of a hard-deleted row: nothing can be newer.
 const GONE: i64 = i64::MAX / 2;
+/// How long reads skip Redis after one of its operations failed.
+const BYPASS: Duration = Duration::from_secs(1);
 /// The longest an entry stays in the in-process tier.
 const LOCAL_TTL: Duration = Duration::from_secs(60);
 
@@ -82,6 +85,9 @@ struct Inner {
     local: Option<Arc<Local>>,
     /// Where the put script announces newer entries.
     channel: String,
+    /// Until when (ms since `started`) reads skip Redis: see [`Inner::bypassing`].
+    bypass_until_ms: AtomicU64,
+    started: std::time::Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +128,8 @@ impl Cache {
                 local: (settings.local_entries > 0)
                     .then(|| Local::new(settings.local_entries, settings.ttl.min(LOCAL_TTL))),
                 channel: format!("{}invalidate", settings.key_prefix),
+                bypass_until_ms: AtomicU64::new(0),
+                started: std::time::Instant::now(),
             })),
         })
     }
@@ -136,7 +144,7 @@ impl Cache {
     /// `rate_limit_errors_total`) rather than failing them.
     #[tracing::instrument(level = "debug", name = "cache.throttle", skip(self, window))]
     pub async fn throttle(&self, who: &str, quota: u32, window: Duration) -> Option<Throttle> {
-        let inner = self.inner.as_ref()?;
+        let inner = self.inner.as_ref().filter(|i| !i.bypassing())?;
         let key = format!("{}rl:{who}", inner.prefix);
         let window_ms = window.as_millis().max(1) as u64;
         let interval_ms = (window_ms / u64::from(quota.max(1))).max(1);
@@ -212,6 +220,9 @@ impl Cache {
                     Some(Entry::Newer(_)) | None => {}
                 }
             }
+        }
+        if inner.bypassing() {
+            return Lookup::Miss;
         }
         let epoch = local.map(Local::epoch);
         let key = inner.context_key(id);
@@ -341,7 +352,17 @@ impl Cache {
             .map(|l| l.is_live())
     }
 
+    /// A read's fill: [`Self::put_context`], skipped while reads bypass Redis
+    /// (it only stores what was read; the generation check makes it optional).
+    pub async fn fill_context(&self, ctx: &Context) {
+        if self.inner.as_ref().is_some_and(|i| !i.bypassing()) {
+            self.put_context(ctx).await;
+        }
+    }
+
     /// Stores `ctx` unless the cache already holds a newer generation.
+    /// Writers call it after every commit, bypass or not: the new state (or
+    /// the attempt, when Redis is gone) is what keeps later reads fresh.
     #[tracing::instrument(name = "cache.put", level = "debug", skip_all, fields(id = %ctx.id.0))]
     pub async fn put_context(&self, ctx: &Context) {
         let Some(inner) = &self.inner else { return };
@@ -383,7 +404,7 @@ impl Cache {
 
     #[tracing::instrument(name = "cache.get_embedding", level = "debug", skip_all, fields(model))]
     pub async fn get_embedding(&self, model: &str, text: &str) -> Option<Vec<f32>> {
-        let inner = self.inner.as_ref()?;
+        let inner = self.inner.as_ref().filter(|i| !i.bypassing())?;
         let key = inner.embedding_key(model, text);
         let got = inner
             .run(|mut c| async move { c.get::<_, Option<Vec<u8>>>(key).await })
@@ -418,7 +439,10 @@ impl Cache {
 
     #[tracing::instrument(name = "cache.put_embedding", level = "debug", skip_all, fields(model))]
     pub async fn put_embedding(&self, model: &str, text: &str, vector: &[f32]) {
-        let Some(inner) = &self.inner else { return };
+        // Content-addressed: skipping one costs a later embedding, never a stale read.
+        let Some(inner) = self.inner.as_ref().filter(|i| !i.bypassing()) else {
+            return;
+        };
         let key = inner.embedding_key(model, text);
         let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
         let ttl = inner.embedding_ttl.as_secs().max(1);
@@ -442,6 +466,24 @@ impl Inner {
         h.update([0]);
         h.update(text.as_bytes());
         format!("{}emb:{}", self.prefix, hex::encode(h.finalize()))
+    }
+
+    /// Whether reads skip Redis: for [`BYPASS`] after an operation failed
+    /// (Redis down or slow). Reads then go to Postgres at once instead of
+    /// each waiting out the Redis timeout; that is always correct. Writes
+    /// still try Redis, so that a live Redis never keeps an older entry.
+    fn bypassing(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        if now < self.bypass_until_ms.load(Ordering::Relaxed) {
+            metrics::counter!("cache_bypassed_total").increment(1);
+            return true;
+        }
+        false
+    }
+
+    fn trip(&self) {
+        let until = (self.started.elapsed() + BYPASS).as_millis() as u64;
+        self.bypass_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
     async fn connection(&self) -> Result<ConnectionManager, CacheError> {
@@ -476,10 +518,14 @@ impl Inner {
             let conn = self.connection().await?;
             Ok::<T, CacheError>(op(conn).await?)
         };
-        match tokio::time::timeout(timeout, work).await {
+        let result = match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(CacheError::Timeout(timeout)),
+        };
+        if matches!(result, Err(CacheError::Redis(_) | CacheError::Timeout(_))) {
+            self.trip();
         }
+        result
     }
 
     /// Stores the entry unless Redis holds the same or a newer generation;

@@ -224,3 +224,45 @@ async fn local_cache_entries_zero_turns_the_in_process_tier_off() {
     tamper(&app, id).await;
     assert_eq!(metadata_of(&app, id).await, json!({"tampered": true}));
 }
+
+/// After a Redis operation fails, reads skip Redis for a second and go to
+/// Postgres at once, instead of each waiting out the Redis timeout; writes
+/// still try it.
+#[tokio::test]
+async fn after_a_redis_failure_reads_skip_redis_for_a_while() {
+    let app = crate::helpers::spawn_app_with(
+        crate::helpers::Options::default()
+            // A port where nothing listens.
+            .set("redis_url", "redis://127.0.0.1:1")
+            .set("redis_optional", true),
+    )
+    .await;
+    let bypassed = |text: String| {
+        text.lines()
+            .find(|l| l.starts_with("cache_bypassed_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let metrics = || async {
+        app.client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // The create's cache write fails: reads now bypass Redis.
+    let c = app
+        .create(app.alice.id, serde_json::json!({"content": {"text": "x"}}))
+        .await;
+    let before = bypassed(metrics().await);
+    let resp = app.get(c["id"].as_str().unwrap()).await;
+    assert_eq!(resp.status(), 200);
+    let after = bypassed(metrics().await);
+    assert!(
+        after > before,
+        "the read went to Redis: {before} -> {after}"
+    );
+}
