@@ -8,7 +8,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_problem, eventually, redis_url, spawn_app_with, Options, SendExt, TestDb, ADMIN_KEY, DIM,
+    assert_problem, binary, eventually, free_port, redis_url, spawn_app_with, wait_healthy,
+    Options, SendExt, TestDb, ADMIN_KEY, DIM,
 };
 use crate::tei::TeiStub;
 use uuid::Uuid;
@@ -118,22 +119,6 @@ impl Drop for Child {
     }
 }
 
-fn binary() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_context-api"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn base_env(cmd: &mut Command, db: &TestDb, tei: &TeiStub, port: u16) {
     cmd.env("BIND_ADDRESS", format!("127.0.0.1:{port}"))
         .env("DATABASE_URL", &db.url)
@@ -158,16 +143,7 @@ async fn the_binary_drains_on_sigterm_finishes_the_slow_request_and_exits_0() {
     let child = Child(cmd.spawn().expect("the binary starts"));
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    eventually(Duration::from_secs(20), || async {
-        client
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status() == 200)
-            .map(|_| ())
-    })
-    .await;
+    wait_healthy(&client, &base).await;
     // `healthcheck` agrees.
     let mut hc = binary();
     base_env(&mut hc, &db, &tei, port);

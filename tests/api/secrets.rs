@@ -5,24 +5,15 @@
 //! for each secret.
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{eventually, replace_db, SendExt, TestDb, DIM};
+use crate::helpers::{binary, free_port, replace_db, wait_healthy, SendExt, TestDb, DIM};
 use crate::tei::TeiStub;
 
 fn random_hex() -> String {
     uuid::Uuid::new_v4().simple().to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `url` with `user:password@` put in front of its host.
@@ -52,10 +43,8 @@ async fn no_key_password_or_connection_string_appears_in_any_log_line() {
     let db_url = with_credentials(&db.url, &role, &db_password);
     let port = free_port();
     let log = tempfile_path("secrets-serve");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_context-api"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("BIND_ADDRESS", format!("127.0.0.1:{port}"))
+    let mut cmd = binary();
+    cmd.env("BIND_ADDRESS", format!("127.0.0.1:{port}"))
         .env("DATABASE_URL", &db_url)
         .env(
             "REDIS_URL",
@@ -78,22 +67,12 @@ async fn no_key_password_or_connection_string_appears_in_any_log_line() {
         )
         .env("LOG_LEVEL", "debug")
         .env("LOG_FORMAT", "json")
-        .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("the binary starts");
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    eventually(Duration::from_secs(20), || async {
-        client
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status() == 200)
-            .map(|_| ())
-    })
-    .await;
+    wait_healthy(&client, &base).await;
 
     // A session: good keys, bad keys, a key in the wrong scheme, TEI up and down.
     let req = |key: &str, method: Method, path: &str| {
@@ -169,9 +148,7 @@ async fn no_key_password_or_connection_string_appears_in_any_log_line() {
     // A run that cannot start: the password is wrong. Its error names the
     // database without the password.
     let wrong = with_credentials(&db.url, &role, "wrong-password-that-is-secret");
-    let failed = Command::new(env!("CARGO_BIN_EXE_context-api"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
+    let failed = binary()
         .env("DATABASE_URL", replace_db(&wrong, "no_such_database_here"))
         .env("DB_CONNECT_TIMEOUT_SECONDS", "1")
         .env("EMBEDDING_DIM", DIM.to_string())
