@@ -31,19 +31,6 @@ fi
 
 phase "service"
 cargo build --release --quiet --bin context-api || die "cargo build --release failed"
-tei="$(ensure_tei_stub)"
-db=contract_test
-scratch_db "$db"
-url="$SCRATCH_DB_URL"
-tei_port="$(free_port)" port="$(free_port)"
-log_file="$(mktemp)"
-pids=()
-cleanup() {
-    if ((${#pids[@]})); then kill "${pids[@]}" 2>/dev/null || true; fi
-    "$PSQL" -X -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS $db" 2>/dev/null || true
-    rm -f "$log_file"
-}
-trap cleanup EXIT
 # A small dimension, so that schema-valid vectors are within reach of the fuzzer.
 dim=8
 # A user key, the common client: a create without user_id is its own user's
@@ -51,15 +38,10 @@ dim=8
 user=0193b3c4-0000-7000-8000-00000000c0de
 mapfile -t made < <(target/release/context-api keys new --scope "$user" | grep -v '^#')
 key="${made[0]}" entry="${made[1]}"
-"$tei" --port "$tei_port" --dim "$dim" >/dev/null 2>&1 &
-pids+=($!)
-export DATABASE_URL="$url" REDIS_URL="$TEST_REDIS_URL" EMBEDDING_SERVICE_URL="http://127.0.0.1:$tei_port" \
-    EMBEDDING_DIM="$dim" API_KEYS="$entry" BIND_ADDRESS="127.0.0.1:$port" \
-    CACHE_KEY_PREFIX="contract-$port:" LOG_LEVEL=warn
-target/release/context-api migrate >/dev/null
-target/release/context-api >"$log_file" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$port/ready" 30 || die "the service did not become ready"
+log_file="$(mktemp)"
+serve_cleanup_extra() { rm -f "$log_file"; }
+serve_scratch contract_test "$dim" "$entry" "$log_file"
+port="$SERVE_PORT"
 
 phase "schemathesis (all checks, all phases, $examples examples per operation, seed $seed)"
 rm -rf "$report"

@@ -29,29 +29,12 @@ if ! .docs-venv/bin/python -c "import playwright" 2>/dev/null; then
 fi
 
 phase "service"
-cargo build --release --quiet --bin context-api || die "cargo build --release failed"
-tei="$(ensure_tei_stub)"
-db=docs_check
-scratch_db "$db"
-url="$SCRATCH_DB_URL"
-tei_port="$(free_port)" port="$(free_port)" key="$(random_hex 32)"
-pids=()
-cleanup() {
-    if ((${#pids[@]})); then kill "${pids[@]}" 2>/dev/null || true; fi
-    "$PSQL" -X -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS $db" 2>/dev/null || true
+key="$(random_hex 32)"
+serve_cleanup_extra() {
     [[ "$shot" == "$REPO/docs/docs-page.png" ]] || rm -f "$shot" "${shot%.png}-overview.png"
 }
-trap cleanup EXIT
-"$tei" --port "$tei_port" --dim 384 >/dev/null 2>&1 &
-pids+=($!)
-keys="$(admin_api_keys "$key")"
-export DATABASE_URL="$url" REDIS_URL="$TEST_REDIS_URL" EMBEDDING_SERVICE_URL="http://127.0.0.1:$tei_port" \
-    EMBEDDING_DIM=384 API_KEYS="$keys" BIND_ADDRESS="127.0.0.1:$port" \
-    CACHE_KEY_PREFIX="docs-check:" LOG_LEVEL=warn
-target/release/context-api migrate >/dev/null
-target/release/context-api >"$(mktemp)" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$port/ready" 30 || die "the service did not become ready"
+serve_scratch docs_check 384 "$(admin_api_keys "$key")" "$(mktemp)"
+port="$SERVE_PORT"
 curl -sf -X POST "http://127.0.0.1:$port/contexts" -H "Authorization: Bearer $key" \
     -H 'Content-Type: application/json' \
     -d '{"user_id":"0193b3c4-0000-7000-8000-000000000001","context_type":"note","content":{"text":"tried from the docs page"}}' \

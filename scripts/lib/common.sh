@@ -186,3 +186,33 @@ ensure_tei_stub() {
     [[ -x "$bin" ]] || die "no tei-stub binary at $bin"
     printf '%s\n' "$bin"
 }
+
+# serve_scratch NAME DIM API_KEYS LOG: the release binary on a fresh database
+# NAME (vectors of DIM), with the TEI stand-in, the local Redis and API_KEYS,
+# logging to LOG. Sets SERVE_PORT; on exit, stops both and drops the database,
+# then runs serve_cleanup_extra if the caller defined it.
+serve_scratch() {
+    local name="$1" dim="$2" keys="$3" log_file="$4" tei tei_port
+    cargo build --release --quiet --bin context-api || die "cargo build --release failed"
+    tei="$(ensure_tei_stub)"
+    scratch_db "$name"
+    _SERVE_DB="$name" _SERVE_PIDS=()
+    trap _serve_cleanup EXIT
+    tei_port="$(free_port)" SERVE_PORT="$(free_port)"
+    "$tei" --port "$tei_port" --dim "$dim" >/dev/null 2>&1 &
+    _SERVE_PIDS+=($!)
+    DATABASE_URL="$SCRATCH_DB_URL" EMBEDDING_DIM="$dim" LOG_LEVEL=warn \
+        "$REPO/target/release/context-api" migrate >/dev/null || die "migrate failed"
+    DATABASE_URL="$SCRATCH_DB_URL" REDIS_URL="$TEST_REDIS_URL" EMBEDDING_SERVICE_URL="http://127.0.0.1:$tei_port" \
+        EMBEDDING_DIM="$dim" API_KEYS="$keys" BIND_ADDRESS="127.0.0.1:$SERVE_PORT" \
+        CACHE_KEY_PREFIX="$name-$SERVE_PORT:" LOG_LEVEL=warn \
+        "$REPO/target/release/context-api" >"$log_file" 2>&1 &
+    _SERVE_PIDS+=($!)
+    wait_http "http://127.0.0.1:$SERVE_PORT/ready" 30 || die "the service did not become ready"
+}
+
+_serve_cleanup() {
+    if ((${#_SERVE_PIDS[@]})); then kill "${_SERVE_PIDS[@]}" 2>/dev/null || true; fi
+    "$PSQL" -X -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS $_SERVE_DB" 2>/dev/null || true
+    if declare -F serve_cleanup_extra >/dev/null; then serve_cleanup_extra; fi
+}
