@@ -19,9 +19,9 @@ scratch_db "$db"
 url="$SCRATCH_DB_URL"
 "$PSQL" -X -q -v ON_ERROR_STOP=1 "$url" -f init-db/01-extensions.sql
 # The migrations as `context-api migrate` applies them (the dimension does not
-# change any query's description).
+# change any query's description, nor does the text-search configuration).
 for f in migrations/*.sql; do
-    sed 's/{{EMBEDDING_DIM}}/768/g' "$f" | "$PSQL" -X -q -v ON_ERROR_STOP=1 "$url" >/dev/null \
+    sed 's/{{EMBEDDING_DIM}}/768/g; s/{{TEXT_SEARCH_CONFIG}}/english/g' "$f" | "$PSQL" -X -q -v ON_ERROR_STOP=1 "$url" >/dev/null \
         || die "$f does not apply"
 done
 

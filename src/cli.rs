@@ -147,9 +147,13 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn migrate(settings: &MigrateSettings) -> Result<(), Box<dyn std::error::Error>> {
-    let store = Store::connect(&settings.database, settings.dim).await?;
-    store::migrate(store.pool(), settings.dim).await?;
-    tracing::info!(embedding_dim = settings.dim, "migrations applied");
+    let store = Store::connect(&settings.database, &settings.schema).await?;
+    store::migrate(store.pool(), &settings.schema).await?;
+    tracing::info!(
+        embedding_dim = settings.schema.dim,
+        text_search_config = settings.schema.text_search_config,
+        "migrations applied"
+    );
     store.close().await;
     Ok(())
 }

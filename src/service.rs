@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 use crate::auth::Scope;
 use crate::cache::{Cache, Lookup};
 use crate::domain::{
-    embedding_text, Context, ContextId, ContextPatch, Cursor, Embedding, ListQuery, NewContext,
-    SearchFilter, SearchInput, TopK,
+    embedding_text, Context, ContextId, ContextPatch, Cursor, Embedding, Fusion, ListQuery,
+    NewContext, Ranking, SearchFilter, SearchInput, SearchMode, TopK,
 };
 use crate::embeddings::{EmbedError, Embedder};
 use crate::store::{EmbeddingChange, Replacement, Store, StoreError};
@@ -40,6 +40,8 @@ pub struct Contexts {
     pending: Arc<Notify>,
     /// How long a write waits for an embedding before storing the row pending.
     inline_embed_timeout: Duration,
+    /// How hybrid search fuses its two rankings.
+    fusion: Fusion,
 }
 
 /// A page of a listing.
@@ -54,6 +56,7 @@ impl Contexts {
         cache: Cache,
         embedder: Embedder,
         inline_embed_timeout: Duration,
+        fusion: Fusion,
     ) -> Self {
         Self {
             store,
@@ -61,6 +64,7 @@ impl Contexts {
             embedder,
             pending: Arc::new(Notify::new()),
             inline_embed_timeout,
+            fusion,
         }
     }
 
@@ -371,21 +375,73 @@ impl Contexts {
         }
     }
 
+    /// The k best visible contexts for `input`, with the mode that ran: a
+    /// search allowed to fall back to text reports `text` when it did.
     pub async fn search(
         &self,
         scope: Scope,
         input: SearchInput,
         mut filter: SearchFilter,
         k: TopK,
-    ) -> Result<Vec<(Context, f32)>, ServiceError> {
+    ) -> Result<(SearchMode, Vec<(Context, f32)>), ServiceError> {
         filter.user_id = scope.confine(filter.user_id).map_err(|_| {
             ServiceError::Forbidden("this key may only search its own user's contexts")
         })?;
-        let vector = match input {
-            SearchInput::Vector(v) => v.into_vec(),
-            SearchInput::Text(text) => self.query_vector(&text).await?,
+        let ranking = match input {
+            SearchInput::Vector(v) => Ranking::Vector(v.into_vec()),
+            SearchInput::Text(text) => Ranking::Text(text),
+            SearchInput::Embed {
+                text,
+                fallback_to_text,
+            } => match self
+                .query_vector_or_fallback(&text, fallback_to_text)
+                .await?
+            {
+                Some(vector) => Ranking::Vector(vector),
+                None => Ranking::Text(text),
+            },
+            SearchInput::Hybrid {
+                text,
+                vector,
+                fallback_to_text,
+            } => {
+                let vector = match vector {
+                    Some(v) => Some(v.into_vec()),
+                    None => {
+                        self.query_vector_or_fallback(&text, fallback_to_text)
+                            .await?
+                    }
+                };
+                match vector {
+                    Some(vector) => Ranking::Hybrid {
+                        vector,
+                        text,
+                        fusion: self.fusion,
+                    },
+                    None => Ranking::Text(text),
+                }
+            }
         };
-        Ok(self.store.search(&vector, &filter, k).await?)
+        let hits = self.store.search(&ranking, &filter, k).await?;
+        Ok((ranking.mode(), hits))
+    }
+
+    /// The query's vector; `None` when it cannot be embedded and the caller
+    /// asked to fall back to a text search then.
+    async fn query_vector_or_fallback(
+        &self,
+        text: &str,
+        fallback_to_text: bool,
+    ) -> Result<Option<Vec<f32>>, ServiceError> {
+        match self.query_vector(text).await {
+            Ok(v) => Ok(Some(v)),
+            Err(ServiceError::Embedding(e)) if fallback_to_text => {
+                tracing::warn!(error = %e, "query not embedded: searching by text instead");
+                metrics::counter!("search_text_fallbacks_total").increment(1);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Query embeddings are cached by model and text.

@@ -26,9 +26,14 @@ pub enum StartupError {
     #[error("cannot connect to the database (DATABASE_URL): {0}")]
     Database(#[from] StoreError),
     #[error(
-        "table contexts does not exist: run `context-api migrate` first (or `serve --migrate`)"
+        "the database is not migrated for this version: run `context-api migrate` first (or `serve --migrate`)"
     )]
     NotMigrated,
+    #[error(
+        "contexts.embedding_tsv was built with text-search configuration {column:?} but \
+         TEXT_SEARCH_CONFIG is {configured:?}: set TEXT_SEARCH_CONFIG={column} or use a new database"
+    )]
+    TextSearchConfigMismatch { column: String, configured: String },
     #[error(
         "contexts.embedding has dimension {column} but EMBEDDING_DIM is {configured}: \
          set EMBEDDING_DIM={column} or use a database migrated for {configured}"
@@ -62,9 +67,10 @@ impl App {
     pub async fn build(settings: Settings, migrate: bool) -> Result<Self, StartupError> {
         let metrics = telemetry::metrics_handle();
         let dim = settings.embeddings.dim;
-        let store = Store::connect(&settings.database, dim).await?;
+        let schema = settings.schema();
+        let store = Store::connect(&settings.database, &schema).await?;
         if migrate {
-            store::migrate(store.pool(), dim).await?;
+            store::migrate(store.pool(), &schema).await?;
         }
         match store.column_dimension().await? {
             None => return Err(StartupError::NotMigrated),
@@ -72,6 +78,16 @@ impl App {
                 return Err(StartupError::DimensionMismatch {
                     column,
                     configured: dim,
+                })
+            }
+            Some(_) => {}
+        }
+        match store.column_text_search_config().await? {
+            None => return Err(StartupError::NotMigrated),
+            Some(column) if column != schema.text_search_config => {
+                return Err(StartupError::TextSearchConfigMismatch {
+                    column,
+                    configured: schema.text_search_config,
                 })
             }
             Some(_) => {}
@@ -84,7 +100,13 @@ impl App {
                 addr: settings.bind_address,
                 source,
             })?;
-        let contexts = Contexts::new(store, cache, embedder, settings.embeddings.timeout);
+        let contexts = Contexts::new(
+            store,
+            cache,
+            embedder,
+            settings.embeddings.timeout,
+            settings.search.fusion,
+        );
         let state = AppState::new(Shared {
             contexts,
             auth: AuthState {

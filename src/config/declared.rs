@@ -105,6 +105,16 @@ settings! {
     embedding_queue_size: usize = 256;
     /// vector dimension (bge-base-en-v1.5); fixed by the first `migrate`
     embedding_dim: u32 = 768;
+    /// Postgres text-search configuration for search modes `text` and `hybrid` (`english`, `simple`, ...); fixed by the first `migrate`
+    text_search_config: String = "english".into();
+    /// hybrid search: k of reciprocal rank fusion (a result's score is the sum of `weight / (k + rank)`)
+    hybrid_rrf_k: f64 = 60.0;
+    /// hybrid search: weight of the vector ranking
+    hybrid_vector_weight: f64 = 1.0;
+    /// hybrid search: weight of the text ranking
+    hybrid_text_weight: f64 = 1.0;
+    /// hybrid search: results taken from each ranking before fusion (at least the `k` asked for), 1 to 500
+    hybrid_candidates: u32 = 100;
     /// per TEI call; also how long a write waits before storing `pending`
     embedding_timeout_ms: u64 = 5_000;
     /// retries, with jittered backoff, on connect errors, 429 and 5xx

@@ -26,6 +26,8 @@ use figment::Figment;
 use serde::Serialize;
 
 use crate::auth::{ApiKeys, KeyParseError};
+use crate::domain::Fusion;
+use crate::store::Schema;
 use declared::Raw;
 
 /// `EMBEDDING_DIM` when it is not set (the committed OpenAPI document's).
@@ -46,6 +48,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub embeddings: EmbeddingSettings,
+    pub search: SearchSettings,
     pub auth: AuthSettings,
     pub http: HttpSettings,
     pub workers: WorkerSettings,
@@ -103,6 +106,12 @@ pub enum EmbeddingProvider {
         model_dir: PathBuf,
         queue_size: usize,
     },
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchSettings {
+    pub text_search_config: String,
+    pub fusion: Fusion,
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +230,7 @@ impl Settings {
             database: DatabaseSettings::from_raw(&raw)?,
             redis: RedisSettings::from_raw(&raw)?,
             embeddings: EmbeddingSettings::from_raw(&raw)?,
+            search: SearchSettings::from_raw(&raw)?,
             auth: AuthSettings::from_raw(&raw)?,
             http: HttpSettings::from_raw(&raw)?,
             workers: WorkerSettings::from_raw(&raw)?,
@@ -229,16 +239,24 @@ impl Settings {
         })
     }
 
+    /// What the migrations are built with.
+    pub fn schema(&self) -> Schema {
+        Schema {
+            dim: self.embeddings.dim,
+            text_search_config: self.search.text_search_config.clone(),
+        }
+    }
+
     /// The configuration as given, as TOML, secrets redacted (`context-api config`).
     pub fn redacted(&self) -> String {
         self.declared.redacted()
     }
 }
 
-/// What `context-api migrate` uses: the database, the dimension, the logs.
+/// What `context-api migrate` uses: the database, the schema's choices, the logs.
 pub struct MigrateSettings {
     pub database: DatabaseSettings,
-    pub dim: usize,
+    pub schema: Schema,
     pub log: LogSettings,
 }
 
@@ -251,7 +269,7 @@ impl MigrateSettings {
         let raw = extract(fig)?;
         Ok(Self {
             database: DatabaseSettings::from_raw(&raw)?,
-            dim: embedding_dim(&raw)?,
+            schema: schema(&raw)?,
             log: LogSettings::from_raw(&raw)?,
         })
     }
@@ -337,6 +355,59 @@ impl EmbeddingSettings {
             timeout: Duration::from_millis(raw.embedding_timeout_ms),
             max_retries: raw.embedding_max_retries,
             batch_size: raw.embedding_batch_size,
+        })
+    }
+}
+
+/// What the migrations are built with: fixed once they have run.
+fn schema(raw: &Raw) -> Result<Schema, ConfigError> {
+    Ok(Schema {
+        dim: embedding_dim(raw)?,
+        text_search_config: text_search_config(raw)?,
+    })
+}
+
+/// A configuration name as Postgres spells one unquoted (it is written into
+/// the migration's SQL); whether it exists is the migration's check.
+fn text_search_config(raw: &Raw) -> Result<String, ConfigError> {
+    let name = raw.text_search_config.as_str();
+    let plain = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !plain {
+        return Err(err(
+            "TEXT_SEARCH_CONFIG",
+            format!("must be a configuration name such as english or simple (lowercase letters, digits, _), got {name:?}"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+impl SearchSettings {
+    fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
+        let finite_positive = |var: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(err(var, format!("must be a number above 0, got {v}")))
+            }
+        };
+        if !(1..=500).contains(&raw.hybrid_candidates) {
+            return Err(err(
+                "HYBRID_CANDIDATES",
+                format!("must be between 1 and 500, got {}", raw.hybrid_candidates),
+            ));
+        }
+        Ok(Self {
+            text_search_config: text_search_config(raw)?,
+            fusion: Fusion {
+                k: finite_positive("HYBRID_RRF_K", raw.hybrid_rrf_k)?,
+                vector_weight: finite_positive("HYBRID_VECTOR_WEIGHT", raw.hybrid_vector_weight)?,
+                text_weight: finite_positive("HYBRID_TEXT_WEIGHT", raw.hybrid_text_weight)?,
+                candidates: i64::from(raw.hybrid_candidates),
+            },
         })
     }
 }
@@ -493,19 +564,32 @@ mod tests {
     }
 
     #[test]
-    fn migrate_checks_only_the_database_and_the_dimension() {
+    fn migrate_checks_only_the_database_and_the_schema() {
         Jail::expect_with(|jail| {
             jail.set_env("DATABASE_URL", "postgres://db/app");
             jail.set_env("EMBEDDING_DIM", "384");
             // No API keys, no embedding provider: serving refuses, migrating does not.
             assert!(load().is_err());
             let m = MigrateSettings::from_figment(from_environment()).unwrap();
-            assert_eq!(m.dim, 384);
+            assert_eq!(m.schema.dim, 384);
+            assert_eq!(m.schema.text_search_config, "english");
             jail.set_env("EMBEDDING_DIM", "0");
             let e = MigrateSettings::from_figment(from_environment())
                 .err()
                 .unwrap();
             assert!(e.to_string().contains("EMBEDDING_DIM"), "{e}");
+            jail.set_env("EMBEDDING_DIM", "384");
+            // Written into the migration's SQL: only a plain name passes.
+            for bad in ["English", "english'); DROP TABLE contexts; --", "", "1st"] {
+                jail.set_env("TEXT_SEARCH_CONFIG", bad);
+                let e = MigrateSettings::from_figment(from_environment())
+                    .err()
+                    .unwrap();
+                assert!(e.to_string().contains("TEXT_SEARCH_CONFIG"), "{e}");
+            }
+            jail.set_env("TEXT_SEARCH_CONFIG", "simple");
+            let m = MigrateSettings::from_figment(from_environment()).unwrap();
+            assert_eq!(m.schema.text_search_config, "simple");
             Ok(())
         });
     }

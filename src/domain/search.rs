@@ -3,11 +3,126 @@ use uuid::Uuid;
 
 use super::{ContextId, ContextType, Embedding, JsonObject, UserId, ValidationError};
 
-/// What a search compares against: text to embed, or a vector as given.
+/// How results are ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SearchMode {
+    /// Cosine similarity of the embeddings (the query's text is embedded).
+    #[default]
+    Vector,
+    /// Postgres full-text search over the embedded text: no embedding needed.
+    Text,
+    /// Both, fused by reciprocal rank fusion.
+    Hybrid,
+}
+
+impl SearchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Vector => "vector",
+            Self::Text => "text",
+            Self::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// What a search compares against, for its mode; valid by construction
+/// ([`SearchInput::new`]).
 #[derive(Debug, Clone)]
 pub enum SearchInput {
-    Text(String),
+    /// Vector mode, with the vector to compare against.
     Vector(Embedding),
+    /// Vector mode, with a text to embed first. `fallback_to_text`: when the
+    /// text cannot be embedded (the embedding service is down), run a text
+    /// search instead of failing.
+    Embed {
+        text: String,
+        fallback_to_text: bool,
+    },
+    /// Text mode: no embedding involved.
+    Text(String),
+    /// Hybrid mode: the text for both rankings, and the vector for it if the
+    /// caller has one (else the text is embedded).
+    Hybrid {
+        text: String,
+        vector: Option<Embedding>,
+        fallback_to_text: bool,
+    },
+}
+
+impl SearchInput {
+    /// Vector mode takes a text or a vector; text mode a text; hybrid mode a
+    /// text, and optionally its vector.
+    pub fn new(
+        mode: SearchMode,
+        text: Option<String>,
+        vector: Option<Embedding>,
+        fallback_to_text: bool,
+    ) -> Result<Self, ValidationError> {
+        match (mode, text, vector) {
+            (SearchMode::Vector, Some(_), Some(_)) => Err(ValidationError::new(
+                "query",
+                "give query or vector, not both",
+            )),
+            (SearchMode::Vector, None, None) => Err(ValidationError::new(
+                "query",
+                "give one of query (text) or vector",
+            )),
+            (SearchMode::Vector, None, Some(v)) => Ok(Self::Vector(v)),
+            (SearchMode::Vector, Some(text), None) => Ok(Self::Embed {
+                text,
+                fallback_to_text,
+            }),
+            (SearchMode::Text | SearchMode::Hybrid, None, _) => Err(ValidationError::new(
+                "query",
+                format!("mode {} needs query (text)", mode.as_str()),
+            )),
+            (SearchMode::Text, Some(_), Some(_)) => Err(ValidationError::new(
+                "vector",
+                "mode text ranks by the query's words: give no vector",
+            )),
+            (SearchMode::Text, Some(text), None) => Ok(Self::Text(text)),
+            (SearchMode::Hybrid, Some(text), vector) => Ok(Self::Hybrid {
+                text,
+                vector,
+                fallback_to_text,
+            }),
+        }
+    }
+}
+
+/// What the store ranks by, with what it needs.
+#[derive(Debug, Clone)]
+pub enum Ranking {
+    Vector(Vec<f32>),
+    Text(String),
+    Hybrid {
+        vector: Vec<f32>,
+        text: String,
+        fusion: Fusion,
+    },
+}
+
+impl Ranking {
+    pub fn mode(&self) -> SearchMode {
+        match self {
+            Self::Vector(_) => SearchMode::Vector,
+            Self::Text(_) => SearchMode::Text,
+            Self::Hybrid { .. } => SearchMode::Hybrid,
+        }
+    }
+}
+
+/// Reciprocal rank fusion: a result's hybrid score is the sum, over the
+/// vector and the text ranking, of `weight / (k + rank)` (rank from 1; a
+/// ranking that misses the result adds nothing). Each ranking contributes
+/// its best `candidates` results (at least the k asked for). Computed by the
+/// store's query, next to the rankings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fusion {
+    pub k: f64,
+    pub vector_weight: f64,
+    pub text_weight: f64,
+    pub candidates: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +267,23 @@ mod tests {
         assert_eq!(Cursor::parse(&c.encode()).unwrap(), c);
         assert!(Cursor::parse("nope").is_err());
         assert!(Cursor::parse("12_zz").is_err());
+    }
+
+    #[test]
+    fn each_mode_takes_its_inputs() {
+        let v = || Some(Embedding::parse("v", vec![1.0, 0.0], 2).unwrap());
+        let t = || Some("a question".to_owned());
+        use SearchMode::*;
+        assert!(SearchInput::new(Vector, t(), None, false).is_ok());
+        assert!(SearchInput::new(Vector, None, v(), false).is_ok());
+        assert!(SearchInput::new(Vector, t(), v(), false).is_err());
+        assert!(SearchInput::new(Vector, None, None, false).is_err());
+        assert!(SearchInput::new(Text, t(), None, false).is_ok());
+        assert!(SearchInput::new(Text, t(), v(), false).is_err());
+        assert!(SearchInput::new(Text, None, None, false).is_err());
+        assert!(SearchInput::new(Hybrid, t(), v(), false).is_ok());
+        assert!(SearchInput::new(Hybrid, t(), None, false).is_ok());
+        assert!(SearchInput::new(Hybrid, None, v(), false).is_err());
     }
 
     #[test]

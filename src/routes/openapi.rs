@@ -212,10 +212,28 @@ fn refine(doc: &mut Value, dim: usize) {
         "required": ["expires_at", "ttl_seconds"],
         "properties": {"ttl_seconds": {"type": "number"}},
     });
-    // Exactly one of query and vector (`null` is absent).
+    // By mode (absent is `vector`; `null` is absent): vector takes exactly
+    // one of query and vector; text a query and no vector; hybrid a query.
     doc["components"]["schemas"]["SearchRequest"]["oneOf"] = json!([
-        {"required": ["query"], "properties": {"query": {"type": "string"}}},
-        {"required": ["vector"], "properties": {"vector": {"type": "array"}}},
+        {
+            "properties": {"mode": {"const": "vector"}},
+            "oneOf": [
+                {"required": ["query"], "properties": {"query": {"type": "string"}}},
+                {"required": ["vector"], "properties": {"vector": {"type": "array"}}},
+            ],
+        },
+        {
+            "required": ["mode", "query"],
+            "properties": {
+                "mode": {"const": "text"},
+                "query": {"type": "string"},
+                "vector": {"type": "null"},
+            },
+        },
+        {
+            "required": ["mode", "query"],
+            "properties": {"mode": {"const": "hybrid"}, "query": {"type": "string"}},
+        },
     ]);
     for path in ["/contexts", "/contexts/batch"] {
         if let Some(params) = doc["paths"][path]["post"]["parameters"].as_array_mut() {

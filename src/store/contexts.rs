@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::{Store, StoreError};
 use crate::domain::{
-    Context, ContextId, EmbeddingStatus, JsonObject, ListQuery, NewContext, SearchFilter, TopK,
-    UserId,
+    Context, ContextId, EmbeddingStatus, Fusion, JsonObject, ListQuery, NewContext, Ranking,
+    SearchFilter, TopK, UserId,
 };
 
 const COLUMNS: &str =
@@ -353,19 +353,27 @@ impl Store {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    /// The k nearest visible, embedded contexts by cosine similarity, best first.
-    /// One statement, one round trip: see [`search_query`].
-    #[tracing::instrument(name = "store.search", level = "debug", skip_all, fields(k = k.get()))]
+    /// The k best visible contexts by `ranking`, best first, with their
+    /// scores. One statement, one round trip: see [`search_query`],
+    /// [`text_search_query`] and [`hybrid_search_query`].
+    #[tracing::instrument(name = "store.search", level = "debug", skip_all, fields(k = k.get(), mode = ranking.mode().as_str()))]
     pub async fn search(
         &self,
-        vector: &[f32],
+        ranking: &Ranking,
         filter: &SearchFilter,
         k: TopK,
     ) -> Result<Vec<(Context, f32)>, StoreError> {
-        let rows: Vec<ScoredRow> = search_query(vector, filter, k)
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await?;
+        let config = self.text_search_config.as_str();
+        let mut sql = match ranking {
+            Ranking::Vector(v) => search_query(v, filter, k),
+            Ranking::Text(t) => text_search_query(config, t, filter, k),
+            Ranking::Hybrid {
+                vector,
+                text,
+                fusion,
+            } => hybrid_search_query(config, vector, text, filter, k, fusion),
+        };
+        let rows: Vec<ScoredRow> = sql.build_query_as().fetch_all(&self.pool).await?;
         Ok(rows
             .into_iter()
             .map(|r| (r.row.into(), r.score as f32))
@@ -514,10 +522,10 @@ fn status_of(c: &NewContext) -> EmbeddingStatus {
     }
 }
 
-/// The HNSW candidate list for k results: twice k, and never under pgvector's
+/// The HNSW candidate list for `limit` results: twice k, and never under pgvector's
 /// default of 40, which gives recall@10 above 0.95 on clustered 768-d data.
-pub fn ef_search(k: TopK) -> i64 {
-    (k.get() * 2).max(40)
+pub fn ef_search(limit: i64) -> i64 {
+    (limit * 2).max(40)
 }
 
 /// The search statement, with every parameter cast so that its text alone
@@ -540,13 +548,48 @@ pub fn search_query<'a>(
     filter: &SearchFilter,
     k: TopK,
 ) -> QueryBuilder<'a, Postgres> {
-    let mut sql = QueryBuilder::<Postgres>::new(format!(
-        "WITH nearest AS MATERIALIZED (SELECT {COLUMNS}, embedding <=> "
+    let mut sql =
+        QueryBuilder::<Postgres>::new(format!("WITH nearest AS MATERIALIZED (SELECT {COLUMNS}, "));
+    push_nearest(&mut sql, vector, filter, k.get(), ef_search(k.get()));
+    sql.push(format!(
+        ") SELECT {COLUMNS}, (1 - distance)::float8 AS score FROM nearest"
     ));
-    sql.push_bind(Vector::from(vector.to_vec()))
+    if let Some(min) = filter.min_score {
+        sql.push(" WHERE 1 - distance >= ")
+            .push_bind(f64::from(min))
+            .push("::float8");
+    }
+    sql.push(" ORDER BY distance, id");
+    sql
+}
+
+/// The rows nearest to `vector` that pass `filter`, at most `limit`, as
+/// `..., distance FROM contexts WHERE ... LIMIT n` (the select list's start is
+/// the caller's), through the HNSW index with the scan's settings in the
+/// statement (see [`search_query`]).
+fn push_nearest(
+    sql: &mut QueryBuilder<'_, Postgres>,
+    vector: &[f32],
+    filter: &SearchFilter,
+    limit: i64,
+    ef_search: i64,
+) {
+    sql.push("embedding <=> ")
+        .push_bind(Vector::from(vector.to_vec()))
         .push("::vector AS distance FROM contexts WHERE ")
         .push(VISIBLE)
         .push(" AND embedding_status = 'ready'");
+    push_filters(sql, filter);
+    sql.push(" AND (SELECT set_config('hnsw.ef_search', ")
+        .push_bind(ef_search.to_string())
+        .push("::text, true) || set_config('hnsw.iterative_scan', 'relaxed_order', true)) IS NOT NULL");
+    sql.push(" ORDER BY distance LIMIT ")
+        .push_bind(limit)
+        .push("::int8");
+}
+
+/// ` AND ...` for each of the filter's conditions but the score.
+fn push_filters(sql: &mut QueryBuilder<'_, Postgres>, filter: &SearchFilter) {
     if let Some(u) = filter.user_id {
         sql.push(" AND user_id = ").push_bind(u.0).push("::uuid");
     }
@@ -560,20 +603,99 @@ pub fn search_query<'a>(
             .push_bind(Json(m.clone()))
             .push("::jsonb");
     }
-    sql.push(" AND (SELECT set_config('hnsw.ef_search', ")
-        .push_bind(ef_search(k).to_string())
-        .push("::text, true) || set_config('hnsw.iterative_scan', 'relaxed_order', true)) IS NOT NULL");
-    sql.push(" ORDER BY distance LIMIT ")
-        .push_bind(k.get())
-        .push("::int8");
+}
+
+/// `WITH q AS (...)`: the query's words as a tsquery that matches any of
+/// them. `plainto_tsquery` parses and normalizes the text as the column was
+/// (same configuration) and joins the words with AND; a search for a
+/// sentence wants documents that share some of its words, ranked by how well
+/// they match, so each ` & ` of its output becomes ` | `. (Lexemes are
+/// printed quoted and never hold a space, so the replacement touches only
+/// operators.)
+fn push_text_query(sql: &mut QueryBuilder<'_, Postgres>, config: &str, text: &str) {
+    sql.push("WITH q AS (SELECT replace(plainto_tsquery(")
+        .push_bind(config.to_owned())
+        .push("::regconfig, ")
+        .push_bind(text.to_owned())
+        .push("::text)::text, ' & ', ' | ')::tsquery AS q)");
+}
+
+/// The rank of a row in a text search: `ts_rank_cd` (cover density: how many
+/// of the query's words a row holds, and how close together), normalized by
+/// the document's length (flag 1) and scaled to 0..1 (flag 32).
+const TEXT_RANK: &str = "ts_rank_cd(embedding_tsv, q.q, 1 | 32)::float8";
+
+/// Text mode: rows holding any of the query's words, by [`TEXT_RANK`].
+pub fn text_search_query<'a>(
+    config: &str,
+    text: &str,
+    filter: &SearchFilter,
+    k: TopK,
+) -> QueryBuilder<'a, Postgres> {
+    let mut sql = QueryBuilder::<Postgres>::new("");
+    push_text_query(&mut sql, config, text);
     sql.push(format!(
-        ") SELECT {COLUMNS}, (1 - distance)::float8 AS score FROM nearest"
+        " SELECT {COLUMNS}, score FROM (SELECT {COLUMNS}, {TEXT_RANK} AS score \
+         FROM contexts, q WHERE embedding_tsv @@ q.q AND {VISIBLE}"
     ));
+    push_filters(&mut sql, filter);
+    sql.push(") ranked");
     if let Some(min) = filter.min_score {
-        sql.push(" WHERE 1 - distance >= ")
+        sql.push(" WHERE score >= ")
             .push_bind(f64::from(min))
             .push("::float8");
     }
-    sql.push(" ORDER BY distance, id");
+    sql.push(" ORDER BY score DESC, id LIMIT ")
+        .push_bind(k.get())
+        .push("::int8");
+    sql
+}
+
+/// Hybrid mode: the best `fusion.candidates` (at least k) of each ranking,
+/// fused by reciprocal rank fusion (see [`Fusion`]), in one statement.
+pub fn hybrid_search_query<'a>(
+    config: &str,
+    vector: &[f32],
+    text: &str,
+    filter: &SearchFilter,
+    k: TopK,
+    fusion: &Fusion,
+) -> QueryBuilder<'a, Postgres> {
+    let n = fusion.candidates.max(k.get());
+    let mut sql = QueryBuilder::<Postgres>::new("");
+    push_text_query(&mut sql, config, text);
+    sql.push(", nearest AS MATERIALIZED (SELECT id, ");
+    push_nearest(&mut sql, vector, filter, n, ef_search(n));
+    sql.push(
+        "), by_vector AS (SELECT id, row_number() OVER (ORDER BY distance, id) AS r FROM nearest)",
+    );
+    sql.push(format!(
+        ", by_text AS (SELECT id, row_number() OVER (ORDER BY {TEXT_RANK} DESC, id) AS r \
+         FROM contexts, q WHERE embedding_tsv @@ q.q AND {VISIBLE}"
+    ));
+    push_filters(&mut sql, filter);
+    sql.push(format!(" ORDER BY {TEXT_RANK} DESC, id LIMIT "))
+        .push_bind(n)
+        .push("::int8)");
+    sql.push(", fused AS (SELECT id, coalesce(")
+        .push_bind(fusion.vector_weight)
+        .push("::float8 / (")
+        .push_bind(fusion.k)
+        .push("::float8 + by_vector.r), 0) + coalesce(")
+        .push_bind(fusion.text_weight)
+        .push("::float8 / (")
+        .push_bind(fusion.k)
+        .push("::float8 + by_text.r), 0) AS score FROM by_vector FULL JOIN by_text USING (id))");
+    sql.push(format!(
+        " SELECT {COLUMNS}, fused.score FROM fused JOIN contexts USING (id)"
+    ));
+    if let Some(min) = filter.min_score {
+        sql.push(" WHERE fused.score >= ")
+            .push_bind(f64::from(min))
+            .push("::float8");
+    }
+    sql.push(" ORDER BY fused.score DESC, id LIMIT ")
+        .push_bind(k.get())
+        .push("::int8");
     sql
 }

@@ -1,6 +1,7 @@
 //! Migrations from migrations/, embedded at compile time. The vector dimension
-//! is a deployment choice, so the SQL carries a `{{EMBEDDING_DIM}}` placeholder
-//! that is filled in before sqlx sees it.
+//! and the text-search configuration are deployment choices, so the SQL
+//! carries `{{EMBEDDING_DIM}}` and `{{TEXT_SEARCH_CONFIG}}` placeholders that
+//! are filled in before sqlx sees it.
 
 use std::borrow::Cow;
 
@@ -14,8 +15,8 @@ static TEMPLATES: Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error(
-        "migration {0} was applied with a different EMBEDDING_DIM (or edited since): the embedding \
-         dimension of an existing database cannot change; use the original EMBEDDING_DIM or a new database"
+        "migration {0} was applied with a different EMBEDDING_DIM or TEXT_SEARCH_CONFIG (or edited \
+         since): neither can change in an existing database; use the original values or a new database"
     )]
     Changed(i64),
     #[error(transparent)]
@@ -31,11 +32,23 @@ impl MigrationSource<'static> for Templated {
     }
 }
 
-pub async fn migrate(pool: &PgPool, dim: usize) -> Result<(), MigrateError> {
+/// The values the migrations are built with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schema {
+    pub dim: usize,
+    /// A Postgres text-search configuration name (`english`), checked by
+    /// the settings to be a plain identifier.
+    pub text_search_config: String,
+}
+
+pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<(), MigrateError> {
     let migrations = TEMPLATES
         .iter()
         .map(|m| {
-            let sql = m.sql.replace("{{EMBEDDING_DIM}}", &dim.to_string());
+            let sql = m
+                .sql
+                .replace("{{EMBEDDING_DIM}}", &schema.dim.to_string())
+                .replace("{{TEXT_SEARCH_CONFIG}}", &schema.text_search_config);
             Migration::new(
                 m.version,
                 m.description.clone(),

@@ -4,12 +4,13 @@ mod contexts;
 mod idempotency;
 
 pub use contexts::{
-    ef_search, search_query, Claim, Current, EmbeddingChange, PendingRow, Replacement,
+    ef_search, hybrid_search_query, search_query, text_search_query, Claim, Current,
+    EmbeddingChange, PendingRow, Replacement,
 };
 pub use idempotency::{Answer, Recorded};
 mod migrate;
 
-pub use migrate::{migrate, MigrateError};
+pub use migrate::{migrate, MigrateError, Schema};
 
 use std::time::Duration;
 
@@ -59,11 +60,14 @@ fn is_unavailable_code(code: &str) -> bool {
 pub struct Store {
     pool: PgPool,
     dim: usize,
+    /// The text-search configuration `contexts.embedding_tsv` was built
+    /// with; queries must parse text the same way.
+    text_search_config: String,
 }
 
 impl Store {
     /// Connects, retrying until `connect_timeout` (the database may start after us).
-    pub async fn connect(settings: &DatabaseSettings, dim: usize) -> Result<Self, StoreError> {
+    pub async fn connect(settings: &DatabaseSettings, schema: &Schema) -> Result<Self, StoreError> {
         let options: PgConnectOptions = settings
             .url
             .expose()
@@ -80,7 +84,7 @@ impl Store {
                 .connect_with(options.clone())
                 .await;
             match attempt {
-                Ok(pool) => return Ok(Self { pool, dim }),
+                Ok(pool) => return Ok(Self::from_pool(pool, schema)),
                 Err(e) if tokio::time::Instant::now() + delay < deadline => {
                     tracing::warn!(error = %e, "database not reachable yet, retrying");
                     tokio::time::sleep(delay).await;
@@ -91,8 +95,12 @@ impl Store {
         }
     }
 
-    pub fn from_pool(pool: PgPool, dim: usize) -> Self {
-        Self { pool, dim }
+    pub fn from_pool(pool: PgPool, schema: &Schema) -> Self {
+        Self {
+            pool,
+            dim: schema.dim,
+            text_search_config: schema.text_search_config.clone(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -113,6 +121,25 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(dim)
+    }
+
+    /// The text-search configuration `contexts.embedding_tsv` is generated
+    /// with; `None` when that column is missing (migration 4 has not run).
+    pub async fn column_text_search_config(&self) -> Result<Option<String>, StoreError> {
+        let expr = sqlx::query_scalar!(
+            r#"SELECT pg_get_expr(d.adbin, d.adrelid) AS "expr!" FROM pg_attrdef d
+               JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+               WHERE a.attrelid = to_regclass('contexts') AND a.attname = 'embedding_tsv'
+                 AND NOT a.attisdropped"#,
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        // to_tsvector('english'::regconfig, "left"(embedding_text, 250000))
+        Ok(expr.map(|e| {
+            e.split_once("to_tsvector('")
+                .and_then(|(_, rest)| rest.split_once("'::regconfig"))
+                .map_or(e.clone(), |(name, _)| name.to_owned())
+        }))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

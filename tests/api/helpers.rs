@@ -49,6 +49,14 @@ pub fn redis_url() -> String {
     })
 }
 
+/// The schema the tests migrate for: `dim`, and the default text-search configuration.
+pub fn schema(dim: usize) -> context_api::store::Schema {
+    context_api::store::Schema {
+        dim,
+        text_search_config: "english".into(),
+    }
+}
+
 /// A fresh database, migrated for `dim`; dropped by [`TestDb`]'s `Drop`.
 pub struct TestDb {
     pub name: String,
@@ -69,7 +77,7 @@ impl TestDb {
             .unwrap();
         let url = replace_db(&admin_url, &name);
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        context_api::store::migrate(&pool, dim)
+        context_api::store::migrate(&pool, &schema(dim))
             .await
             .expect("migrations apply");
         pool.close().await;

@@ -243,6 +243,17 @@ async fn the_binary_refuses_bad_configuration_with_one_clear_line() {
         err.contains("EMBEDDING_DIM") && err.contains(&DIM.to_string()),
         "{err}"
     );
+
+    // So must the text column's configuration and TEXT_SEARCH_CONFIG: queries
+    // parsed another way would silently miss.
+    let (code, err) = run(&|c| {
+        c.env("TEXT_SEARCH_CONFIG", "simple");
+    });
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("TEXT_SEARCH_CONFIG=english") && err.contains("\"simple\""),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -283,6 +294,38 @@ async fn migrate_is_a_separate_idempotent_step_and_serve_refuses_an_unmigrated_d
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("EMBEDDING_DIM"));
+    // So is another text-search configuration.
+    let mut migrate = binary();
+    base_env(&mut migrate, &db, &tei, free_port());
+    let out = migrate
+        .arg("migrate")
+        .env("TEXT_SEARCH_CONFIG", "simple")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TEXT_SEARCH_CONFIG"));
+}
+
+#[tokio::test]
+async fn migrate_names_an_unknown_text_search_configuration() {
+    let db = TestDb::create(DIM).await;
+    let pool = db.pool().await;
+    sqlx::query("DROP TABLE contexts, idempotency_keys, _sqlx_migrations")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let tei = TeiStub::start(DIM, 8).await;
+    let mut migrate = binary();
+    base_env(&mut migrate, &db, &tei, free_port());
+    let out = migrate
+        .arg("migrate")
+        .env("TEXT_SEARCH_CONFIG", "klingon")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("klingon"), "{err}");
 }
 
 #[tokio::test]

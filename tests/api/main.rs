@@ -17,6 +17,7 @@ mod lifecycle;
 mod limits;
 #[cfg(feature = "local-embeddings")]
 mod local;
+mod modes;
 mod plan;
 mod search;
 mod secrets;

@@ -8,7 +8,7 @@
 //! - with a 1% metadata filter: the GIN bitmap scan and an exact sort, which
 //!   measured 0.8 ms against 15 to 24 ms for an iterative HNSW scan at this size.
 
-use context_api::domain::{json_object, SearchFilter, TopK, UserId};
+use context_api::domain::{json_object, Ranking, SearchFilter, TopK, UserId};
 use context_api::store::{search_query, Store};
 use serde_json::{json, Value};
 use sqlx::{Executor, PgPool, Row};
@@ -71,7 +71,7 @@ async fn settled_plan(pool: &PgPool, query: &[f32], filter: &SearchFilter) -> Ve
     if let Some(m) = &filter.metadata {
         args.push(format!("'{}'", Value::Object(m.clone())));
     }
-    args.push(format!("'{}'", context_api::store::ef_search(k)));
+    args.push(format!("'{}'", context_api::store::ef_search(k.get())));
     args.push(k.get().to_string());
     let args = args.join(", ");
 
@@ -154,7 +154,7 @@ async fn search_settings_apply_to_the_statement_only() {
         .await
         .unwrap();
     seed(&pool).await;
-    let store = Store::from_pool(pool.clone(), DIM);
+    let store = Store::from_pool(pool.clone(), &crate::helpers::schema(DIM));
     let (query, user): (pgvector::Vector, Uuid) =
         sqlx::query_as("SELECT embedding, user_id FROM contexts ORDER BY id LIMIT 1")
             .fetch_one(&pool)
@@ -167,7 +167,10 @@ async fn search_settings_apply_to_the_statement_only() {
         min_score: None,
     };
     let k = TopK::parse(Some(50)).unwrap();
-    let hits = store.search(&query.to_vec(), &filter, k).await.unwrap();
+    let hits = store
+        .search(&Ranking::Vector(query.to_vec()), &filter, k)
+        .await
+        .unwrap();
     assert_eq!(
         hits.len(),
         50,
