@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `migrate`, `healthcheck`, `config`.
+//! The command line: `serve` (default), `migrate`, `export`, `import`,
+//! `healthcheck`, `openapi`, `keys`, `config`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
@@ -6,10 +7,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, ConfigError, MigrateSettings, Settings};
+use crate::config::{self, ConfigError, MigrateSettings, Settings, TransferSettings};
+use crate::domain::{ContextType, UserId};
+use crate::embeddings::Embedder;
 use crate::startup::App;
 use crate::store::{self, Store};
-use crate::{shutdown, telemetry};
+use crate::{shutdown, telemetry, transfer};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +36,31 @@ enum Command {
     },
     /// Apply the migrations in migrations/ and exit.
     Migrate,
+    /// Write every visible context, with its vector and model, to stdout as
+    /// NDJSON (one object a line, oldest first).
+    Export {
+        /// Only this user's contexts.
+        #[arg(long)]
+        user: Option<uuid::Uuid>,
+        /// Only contexts of this type.
+        #[arg(long = "type")]
+        context_type: Option<String>,
+    },
+    /// Read contexts written by `export` into this database, in batches (each
+    /// written whole or not at all). Ids already stored are skipped, so an
+    /// interrupted import resumes when run again. Vectors made by another
+    /// model than the configured one are made again from their text.
+    Import {
+        /// The NDJSON file (`-` for stdin).
+        file: std::path::PathBuf,
+        /// An invalid line: `skip` reports it by line number and goes on;
+        /// `fail` reports it and stops before writing its batch.
+        #[arg(long, value_enum, default_value = "fail")]
+        on_error: crate::transfer::OnError,
+        /// Contexts a batch (one statement).
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=5000))]
+        batch_size: u16,
+    },
     /// GET this service's /health on the configured port; exit 0 when alive.
     Healthcheck {
         /// Seconds to wait for the answer.
@@ -128,6 +156,33 @@ pub async fn run(cli: Cli) -> ExitCode {
             telemetry::init_logging(&settings.log);
             exit_on(migrate(&settings).await)
         }
+        Command::Export { user, context_type } => {
+            let settings = match TransferSettings::load() {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            let context_type = match context_type.as_deref().map(ContextType::parse).transpose() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("export: --type: {}", e.message);
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init_logging(&settings.log);
+            exit_on(export(&settings, user.map(UserId), context_type).await)
+        }
+        Command::Import {
+            file,
+            on_error,
+            batch_size,
+        } => {
+            let settings = match TransferSettings::load() {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            telemetry::init_logging(&settings.log);
+            exit_on(import(&settings, &file, on_error, batch_size.into()).await)
+        }
         Command::Serve { migrate } => {
             let settings = match Settings::load() {
                 Ok(s) => s,
@@ -153,6 +208,52 @@ async fn migrate(settings: &MigrateSettings) -> Result<(), Box<dyn std::error::E
         embedding_dim = settings.schema.dim,
         text_search_config = settings.schema.text_search_config,
         "migrations applied"
+    );
+    store.close().await;
+    Ok(())
+}
+
+async fn export(
+    settings: &TransferSettings,
+    user: Option<UserId>,
+    context_type: Option<ContextType>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Store::connect(&settings.database, &settings.schema).await?;
+    let embedder = Embedder::build(&settings.embeddings).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let done = transfer::export(&store, &embedder, user, context_type.as_ref(), &mut out).await?;
+    tracing::info!(contexts = done.contexts, "export done");
+    store.close().await;
+    Ok(())
+}
+
+async fn import(
+    settings: &TransferSettings,
+    file: &std::path::Path,
+    on_error: transfer::OnError,
+    batch_size: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (input, bytes): (Box<dyn std::io::BufRead>, u64) = if file == std::path::Path::new("-") {
+        (Box::new(std::io::stdin().lock()), 0)
+    } else {
+        let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let bytes = f.metadata()?.len();
+        (Box::new(std::io::BufReader::new(f)), bytes)
+    };
+    let store = Store::connect(&settings.database, &settings.schema).await?;
+    let embedder = Embedder::build(&settings.embeddings).await?;
+    let done = transfer::import(&store, &embedder, input, bytes, batch_size, on_error).await?;
+    tracing::info!(
+        written = done.written,
+        already_present = done.present,
+        invalid = done.invalid,
+        reembedded = done.reembedded,
+        left_pending = done.pending,
+        "import done"
+    );
+    eprintln!(
+        "import: {} written, {} already present, {} invalid lines skipped, {} embedded again ({} left pending)",
+        done.written, done.present, done.invalid, done.reembedded, done.pending
     );
     store.close().await;
     Ok(())

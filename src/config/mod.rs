@@ -275,6 +275,27 @@ impl MigrateSettings {
     }
 }
 
+/// What `context-api export` and `import` use: the database, the schema's
+/// choices, the embedding service (for its model), the logs.
+pub struct TransferSettings {
+    pub database: DatabaseSettings,
+    pub schema: Schema,
+    pub embeddings: EmbeddingSettings,
+    pub log: LogSettings,
+}
+
+impl TransferSettings {
+    pub fn load() -> Result<Self, ConfigError> {
+        let raw = extract(from_environment())?;
+        Ok(Self {
+            database: DatabaseSettings::from_raw(&raw)?,
+            schema: schema(&raw)?,
+            embeddings: EmbeddingSettings::from_raw(&raw)?,
+            log: LogSettings::from_raw(&raw)?,
+        })
+    }
+}
+
 /// What `context-api healthcheck` uses: the address to probe.
 pub fn load_bind_address() -> Result<SocketAddr, ConfigError> {
     bind_address(&extract(from_environment())?)

@@ -17,23 +17,23 @@ const COLUMNS: &str =
                        is_active, version, created_at, updated_at";
 
 #[derive(FromRow)]
-struct Row {
-    id: Uuid,
-    user_id: Uuid,
-    context_type: String,
-    content: Json<JsonObject>,
-    metadata: Json<JsonObject>,
-    expires_at: Option<DateTime<Utc>>,
-    embedding_status: String,
-    is_active: bool,
-    version: i32,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+pub(super) struct Row {
+    pub(super) id: Uuid,
+    pub(super) user_id: Uuid,
+    pub(super) context_type: String,
+    pub(super) content: Json<JsonObject>,
+    pub(super) metadata: Json<JsonObject>,
+    pub(super) expires_at: Option<DateTime<Utc>>,
+    pub(super) embedding_status: String,
+    pub(super) is_active: bool,
+    pub(super) version: i32,
+    pub(super) created_at: DateTime<Utc>,
+    pub(super) updated_at: DateTime<Utc>,
     #[sqlx(default)]
-    embedding: Option<Vector>,
+    pub(super) embedding: Option<Vector>,
     /// Only where a statement needs it (an update compares it).
     #[sqlx(default)]
-    embedding_text: Option<String>,
+    pub(super) embedding_text: Option<String>,
 }
 
 /// `sqlx::query_as!(Row, ..)` with the row's columns, and their Rust types,
@@ -50,6 +50,14 @@ macro_rules! row_query {
             $(, $($args)*)?
         )
     };
+}
+
+impl Row {
+    /// The context, and its embedded text (empty unless the statement selected it).
+    pub(super) fn with_text(mut self) -> (Context, String) {
+        let text = self.embedding_text.take().unwrap_or_default();
+        (self.into(), text)
+    }
 }
 
 impl From<Row> for Context {
@@ -507,14 +515,14 @@ impl Store {
 }
 
 /// A new row's vector, as bound.
-fn vector_of(c: &NewContext) -> Option<Vector> {
+pub(super) fn vector_of(c: &NewContext) -> Option<Vector> {
     c.embedding
         .as_ref()
         .map(|e| Vector::from(e.as_slice().to_vec()))
 }
 
 /// A new row is ready when it comes with its vector.
-fn status_of(c: &NewContext) -> EmbeddingStatus {
+pub(super) fn status_of(c: &NewContext) -> EmbeddingStatus {
     if c.embedding.is_some() {
         EmbeddingStatus::Ready
     } else {

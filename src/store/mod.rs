@@ -1,13 +1,16 @@
 //! PostgreSQL storage. The only place that speaks SQL.
 
+#[macro_use]
 mod contexts;
 mod idempotency;
+mod transfer;
 
 pub use contexts::{
     ef_search, hybrid_search_query, search_query, text_search_query, Claim, Current,
     EmbeddingChange, PendingRow, Replacement,
 };
 pub use idempotency::{Answer, Recorded};
+pub use transfer::{Restored, Stored};
 mod migrate;
 
 pub use migrate::{migrate, MigrateError, Schema};

@@ -21,3 +21,4 @@ mod modes;
 mod plan;
 mod search;
 mod secrets;
+mod transfer;

@@ -1,0 +1,241 @@
+//! `context-api export` and `import`, run as the binary an operator runs.
+
+use std::path::Path;
+use std::process::Output;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{binary, spawn_app, SendExt, TestApp, TestDb, DIM};
+
+/// The binary, pointed at `db_url` and the app's TEI stand-in.
+/// Run off the test's runtime, which serves the TEI stand-in meanwhile.
+async fn run(app: &TestApp, db_url: &str, args: &[&str]) -> Output {
+    let mut cmd = binary();
+    cmd.env("DATABASE_URL", db_url)
+        .env("EMBEDDING_SERVICE_URL", app.tei.url())
+        .env("EMBEDDING_DIM", DIM.to_string())
+        .env("LOG_LEVEL", "warn")
+        .args(args);
+    tokio::task::spawn_blocking(move || cmd.output().expect("the binary runs"))
+        .await
+        .unwrap()
+}
+
+async fn export(app: &TestApp, db_url: &str, args: &[&str]) -> String {
+    let mut all = vec!["export"];
+    all.extend_from_slice(args);
+    let out = run(app, db_url, &all).await;
+    assert!(
+        out.status.success(),
+        "export failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn import(app: &TestApp, db_url: &str, file: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["import", file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run(app, db_url, &all).await
+}
+
+fn temp_file(name: &str, text: &str) -> (tempdir::Dir, std::path::PathBuf) {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join(name);
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            let p = std::env::temp_dir().join(format!("ctx-transfer-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn count(db: &TestDb) -> i64 {
+    let pool = db.pool().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM contexts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+/// Four visible contexts of two users (one patched, one with an expiry, one
+/// with its own vector), one expired and one deleted.
+async fn seed(app: &TestApp) {
+    let a = app
+        .create(
+            app.alice.id,
+            json!({"content": {"text": "prefers green tea", "n": 1.5e300}, "metadata": {"source": "chat"}}),
+        )
+        .await;
+    let resp = app
+        .req(
+            Method::PATCH,
+            &format!("/contexts/{}", a["id"].as_str().unwrap()),
+        )
+        .json(&json!({"content": {"text": "prefers green tea, no sugar"}}))
+        .sent()
+        .await;
+    assert_eq!(resp.status(), 200);
+    app.create(
+        app.alice.id,
+        json!({"context_type": "fact", "content": {"text": "lives in Lyon 🇫🇷"},
+               "expires_at": "2999-01-01T00:00:00.123456Z"}),
+    )
+    .await;
+    let mut v = vec![0.0f32; DIM];
+    v[3] = 0.6;
+    v[5] = -0.8;
+    app.create(
+        app.bob.id,
+        json!({"content": {"notes": ["a", {"b": null}]}, "text": "bob's own words", "embedding": v}),
+    )
+    .await;
+    app.create(app.bob.id, json!({"content": {"text": "works nights"}}))
+        .await;
+    app.create(
+        app.bob.id,
+        json!({"content": {"text": "expired"}, "expires_at": "2001-01-01T00:00:00Z"}),
+    )
+    .await;
+    let gone = app
+        .create(app.bob.id, json!({"content": {"text": "deleted"}}))
+        .await;
+    let resp = app
+        .req(
+            Method::DELETE,
+            &format!("/contexts/{}", gone["id"].as_str().unwrap()),
+        )
+        .sent()
+        .await;
+    assert_eq!(resp.status(), 204);
+}
+
+#[tokio::test]
+async fn export_import_export_is_byte_for_byte_the_same() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let first = export(&app, &app.db.url, &[]).await;
+    let lines: Vec<Value> = first
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{first}");
+    for l in &lines {
+        assert_eq!(l["embedding"].as_array().map(Vec::len), Some(DIM), "{l}");
+        assert!(l["model"].is_string(), "{l}");
+    }
+    assert_eq!(lines[0]["version"], 2);
+    // Filters.
+    let alices = export(&app, &app.db.url, &["--user", &app.alice.id.to_string()]).await;
+    assert_eq!(alices.lines().count(), 2);
+    let facts = export(&app, &app.db.url, &["--type", "fact"]).await;
+    assert_eq!(facts.lines().count(), 1);
+
+    let empty = TestDb::create(DIM).await;
+    let (_dir, file) = temp_file("contexts.ndjson", &first);
+    let out = import(&app, &empty.url, &file, &[]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&empty).await, 4);
+    let second = export(&app, &empty.url, &[]).await;
+    assert_eq!(first, second);
+
+    // Again: everything is there already, nothing is written twice.
+    let out = import(&app, &empty.url, &file, &[]).await;
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("0 written, 4 already present"), "{said}");
+    assert_eq!(count(&empty).await, 4);
+}
+
+#[tokio::test]
+async fn an_invalid_line_is_named_and_no_batch_is_half_written() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let good: Vec<String> = export(&app, &app.db.url, &[])
+        .await
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    // Lines 1 and 2 make the first batch; line 3 is bad; line 4 and 5 follow.
+    let text = [
+        good[0].as_str(),
+        good[1].as_str(),
+        r#"{"id": "not a uuid"}"#,
+        good[2].as_str(),
+        good[3].as_str(),
+    ]
+    .join("\n");
+    let (_dir, file) = temp_file("bad.ndjson", &text);
+
+    let db = TestDb::create(DIM).await;
+    let out = import(&app, &db.url, &file, &["--batch-size", "2"]).await;
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("line 3"), "{said}");
+    assert_eq!(count(&db).await, 2, "the batch before the bad line, whole");
+
+    let db = TestDb::create(DIM).await;
+    let out = import(
+        &app,
+        &db.url,
+        &file,
+        &["--batch-size", "2", "--on-error", "skip"],
+    )
+    .await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("line 3") && said.contains("1 invalid"),
+        "{said}"
+    );
+    assert_eq!(count(&db).await, 4);
+}
+
+#[tokio::test]
+async fn vectors_of_another_model_are_made_again() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let exported = export(&app, &app.db.url, &[]).await;
+    let mut records: Vec<Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let original = records[0]["embedding"].clone();
+    let mut other = vec![0.0f64; DIM];
+    other[0] = 1.0;
+    records[0]["embedding"] = json!(other);
+    records[0]["model"] = json!("some-other-model");
+    let text: Vec<String> = records.iter().map(Value::to_string).collect();
+    let (_dir, file) = temp_file("other.ndjson", &text.join("\n"));
+
+    let db = TestDb::create(DIM).await;
+    let out = import(&app, &db.url, &file, &[]).await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("1 embedded again (0 left pending)"), "{said}");
+    let back: Value =
+        serde_json::from_str(export(&app, &db.url, &[]).await.lines().next().unwrap()).unwrap();
+    // Made again from its text by the configured model: the original vector.
+    assert_eq!(back["embedding"], original);
+    assert_eq!(back["model"], records[1]["model"]);
+}
