@@ -613,27 +613,59 @@ fn push_filters(sql: &mut QueryBuilder<'_, Postgres>, filter: &SearchFilter) {
     }
 }
 
-/// `WITH q AS (...)`: the query's words as a tsquery that matches any of
-/// them. `plainto_tsquery` parses and normalizes the text as the column was
-/// (same configuration) and joins the words with AND; a search for a
-/// sentence wants documents that share some of its words, ranked by how well
-/// they match, so each ` & ` of its output becomes ` | `. (Lexemes are
-/// printed quoted and never hold a space, so the replacement touches only
-/// operators.)
-fn push_text_query(sql: &mut QueryBuilder<'_, Postgres>, config: &str, text: &str) {
+/// `WITH q AS (...), ..., bm25 AS (SELECT id, score ...)`: every visible row
+/// that passes `filter` and holds any of the query's words, scored by Okapi
+/// BM25 (k1 = 1.2, b = 0.75), computed in the statement from the tsvector
+/// column:
+///
+/// - `q`: the query parsed and normalized as the column was (same
+///   configuration): its distinct lexemes, and a tsquery matching any of them
+///   (`plainto_tsquery` joins them with AND; each ` & ` of its output becomes
+///   ` | `: lexemes are printed quoted and never hold a space);
+/// - `cand`: the matching rows, found through the GIN index, with their
+///   length in distinct lexemes;
+/// - `tf`: each query lexeme's count of positions in each candidate;
+/// - `df`: how many candidates hold each lexeme. Every row holding a query
+///   lexeme is a candidate, so this is the lexeme's document frequency among
+///   the rows the filter lets through;
+/// - N, the number of documents, is the table's row estimate (never under
+///   the candidates' count), and the average length the candidates'.
+///
+/// Cost: one pass over the candidates' tsvectors, as `ts_rank` would take.
+fn push_bm25(
+    sql: &mut QueryBuilder<'_, Postgres>,
+    config: &str,
+    text: &str,
+    filter: &SearchFilter,
+) {
     sql.push("WITH q AS (SELECT replace(plainto_tsquery(")
         .push_bind(config.to_owned())
         .push("::regconfig, ")
         .push_bind(text.to_owned())
-        .push("::text)::text, ' & ', ' | ')::tsquery AS q)");
+        .push("::text)::text, ' & ', ' | ')::tsquery AS q, ARRAY(SELECT DISTINCT lexeme FROM unnest(to_tsvector(")
+        .push_bind(config.to_owned())
+        .push("::regconfig, ")
+        .push_bind(text.to_owned())
+        .push("::text))) AS lx)");
+    sql.push(format!(
+        ", cand AS MATERIALIZED (SELECT id, embedding_tsv AS tsv, length(embedding_tsv) AS dl \
+         FROM contexts, q WHERE embedding_tsv @@ q.q AND {VISIBLE}"
+    ));
+    push_filters(sql, filter);
+    sql.push(
+        "), n AS (SELECT greatest((SELECT reltuples FROM pg_class WHERE oid = 'contexts'::regclass), \
+         (SELECT count(*) FROM cand))::float8 AS n, (SELECT avg(dl) FROM cand)::float8 AS avgdl), \
+         tf AS (SELECT cand.id, cand.dl, u.lexeme, array_length(u.positions, 1)::float8 AS tf \
+         FROM cand, q, unnest(cand.tsv) u WHERE u.lexeme = ANY(q.lx)), \
+         df AS (SELECT lexeme, count(*)::float8 AS df FROM tf GROUP BY lexeme), \
+         bm25 AS (SELECT tf.id, sum(ln(1 + (n.n - df.df + 0.5) / (df.df + 0.5)) \
+         * tf.tf * 2.2 / (tf.tf + 1.2 * (0.25 + 0.75 * tf.dl / n.avgdl))) AS score \
+         FROM tf JOIN df USING (lexeme), n GROUP BY tf.id)",
+    );
 }
 
-/// The rank of a row in a text search: `ts_rank_cd` (cover density: how many
-/// of the query's words a row holds, and how close together), normalized by
-/// the document's length (flag 1) and scaled to 0..1 (flag 32).
-const TEXT_RANK: &str = "ts_rank_cd(embedding_tsv, q.q, 1 | 32)::float8";
-
-/// Text mode: rows holding any of the query's words, by [`TEXT_RANK`].
+/// Text mode: rows holding any of the query's words, best BM25 score first
+/// (see [`push_bm25`]), the score mapped to 0..1 as `s / (s + 1)`.
 pub fn text_search_query<'a>(
     config: &str,
     text: &str,
@@ -641,19 +673,17 @@ pub fn text_search_query<'a>(
     k: TopK,
 ) -> QueryBuilder<'a, Postgres> {
     let mut sql = QueryBuilder::<Postgres>::new("");
-    push_text_query(&mut sql, config, text);
+    push_bm25(&mut sql, config, text, filter);
     sql.push(format!(
-        " SELECT {COLUMNS}, score FROM (SELECT {COLUMNS}, {TEXT_RANK} AS score \
-         FROM contexts, q WHERE embedding_tsv @@ q.q AND {VISIBLE}"
+        " SELECT {COLUMNS}, (bm25.score / (bm25.score + 1))::float8 AS score \
+         FROM bm25 JOIN contexts USING (id)"
     ));
-    push_filters(&mut sql, filter);
-    sql.push(") ranked");
     if let Some(min) = filter.min_score {
-        sql.push(" WHERE score >= ")
+        sql.push(" WHERE bm25.score / (bm25.score + 1) >= ")
             .push_bind(f64::from(min))
             .push("::float8");
     }
-    sql.push(" ORDER BY score DESC, id LIMIT ")
+    sql.push(" ORDER BY bm25.score DESC, id LIMIT ")
         .push_bind(k.get())
         .push("::int8");
     sql
@@ -671,18 +701,13 @@ pub fn hybrid_search_query<'a>(
 ) -> QueryBuilder<'a, Postgres> {
     let n = fusion.candidates.max(k.get());
     let mut sql = QueryBuilder::<Postgres>::new("");
-    push_text_query(&mut sql, config, text);
+    push_bm25(&mut sql, config, text, filter);
     sql.push(", nearest AS MATERIALIZED (SELECT id, ");
     push_nearest(&mut sql, vector, filter, n, ef_search(n));
     sql.push(
         "), by_vector AS (SELECT id, row_number() OVER (ORDER BY distance, id) AS r FROM nearest)",
     );
-    sql.push(format!(
-        ", by_text AS (SELECT id, row_number() OVER (ORDER BY {TEXT_RANK} DESC, id) AS r \
-         FROM contexts, q WHERE embedding_tsv @@ q.q AND {VISIBLE}"
-    ));
-    push_filters(&mut sql, filter);
-    sql.push(format!(" ORDER BY {TEXT_RANK} DESC, id LIMIT "))
+    sql.push(", by_text AS (SELECT id, row_number() OVER (ORDER BY score DESC, id) AS r FROM bm25 ORDER BY r LIMIT ")
         .push_bind(n)
         .push("::int8)");
     sql.push(", fused AS (SELECT id, coalesce(")
