@@ -61,6 +61,15 @@ enum Command {
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=5000))]
         batch_size: u16,
     },
+    /// Serve the MCP tools over stdio, for desktop MCP clients, acting with
+    /// the scope of one API key (a user key confines it to that user). Takes
+    /// the service's settings; logs go to stderr.
+    Mcp {
+        /// The API key to act as (one of API_KEYS). Prefer the environment:
+        /// arguments are visible to other users of the machine.
+        #[arg(long, env = "CONTEXT_API_KEY", hide_env_values = true)]
+        key: Option<String>,
+    },
     /// GET this service's /health on the configured port; exit 0 when alive.
     Healthcheck {
         /// Seconds to wait for the answer.
@@ -168,7 +177,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            telemetry::init_logging(&settings.log);
+            telemetry::init_logging_to_stderr(&settings.log);
             exit_on(export(&settings, user.map(UserId), context_type).await)
         }
         Command::Import {
@@ -182,6 +191,14 @@ pub async fn run(cli: Cli) -> ExitCode {
             };
             telemetry::init_logging(&settings.log);
             exit_on(import(&settings, &file, on_error, batch_size.into()).await)
+        }
+        Command::Mcp { key } => {
+            let settings = match Settings::load() {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            telemetry::init_logging_to_stderr(&settings.log);
+            exit_on(mcp_stdio(settings, key).await)
         }
         Command::Serve { migrate } => {
             let settings = match Settings::load() {
@@ -256,6 +273,42 @@ async fn import(
         done.written, done.present, done.invalid, done.reembedded, done.pending
     );
     store.close().await;
+    Ok(())
+}
+
+/// The MCP server on stdin and stdout, until the client closes them. The
+/// embedding worker runs beside it, so that a memory stored while the
+/// embedding service is slow is embedded even with no HTTP service running.
+async fn mcp_stdio(
+    settings: Settings,
+    key: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use rmcp::ServiceExt;
+    let scope = match (&settings.auth.keys, key) {
+        (None, _) => crate::auth::Scope::Admin,
+        (Some(_), None) => {
+            return Err("mcp: set CONTEXT_API_KEY (or --key) to one of the API keys".into())
+        }
+        (Some(keys), Some(key)) => keys
+            .lookup(&key)
+            .ok_or("mcp: CONTEXT_API_KEY is not one of API_KEYS")?,
+    };
+    let contexts = crate::startup::contexts(&settings, false).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(crate::workers::embed_pending(
+        contexts.clone(),
+        settings.embeddings.batch_size,
+        settings.workers.embed_interval,
+        settings.embeddings.claim_lease(),
+        stop.clone(),
+    ));
+    tracing::info!(?scope, "serving MCP on stdio");
+    let server = crate::routes::mcp::Memory::new(contexts, Some(scope))
+        .serve(rmcp::transport::stdio())
+        .await?;
+    server.waiting().await?;
+    stop.cancel();
+    let _ = worker.await;
     Ok(())
 }
 

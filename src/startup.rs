@@ -60,53 +60,60 @@ pub struct App {
     settings: Settings,
 }
 
+/// The service over its dependencies: connects to Postgres (checking the
+/// schema: the vector dimension and the text-search configuration), and
+/// prepares the cache and the embedding client.
+pub async fn contexts(settings: &Settings, migrate: bool) -> Result<Contexts, StartupError> {
+    let dim = settings.embeddings.dim;
+    let schema = settings.schema();
+    let store = Store::connect(&settings.database, &schema).await?;
+    if migrate {
+        store::migrate(store.pool(), &schema).await?;
+    }
+    match store.column_dimension().await? {
+        None => return Err(StartupError::NotMigrated),
+        Some(column) if column as usize != dim => {
+            return Err(StartupError::DimensionMismatch {
+                column,
+                configured: dim,
+            })
+        }
+        Some(_) => {}
+    }
+    match store.column_text_search_config().await? {
+        None => return Err(StartupError::NotMigrated),
+        Some(column) if column != schema.text_search_config => {
+            return Err(StartupError::TextSearchConfigMismatch {
+                column,
+                configured: schema.text_search_config,
+            })
+        }
+        Some(_) => {}
+    }
+    let cache = Cache::new(&settings.redis)?;
+    let embedder = Embedder::build(&settings.embeddings).await?;
+    Ok(Contexts::new(
+        store,
+        cache,
+        embedder,
+        settings.embeddings.timeout,
+        settings.search.fusion,
+    ))
+}
+
 impl App {
     /// Connects to Postgres (checking the schema and its vector dimension),
     /// prepares the cache and embedding client, and binds the listener
     /// (port 0 picks a free port, as tests do).
     pub async fn build(settings: Settings, migrate: bool) -> Result<Self, StartupError> {
         let metrics = telemetry::metrics_handle();
-        let dim = settings.embeddings.dim;
-        let schema = settings.schema();
-        let store = Store::connect(&settings.database, &schema).await?;
-        if migrate {
-            store::migrate(store.pool(), &schema).await?;
-        }
-        match store.column_dimension().await? {
-            None => return Err(StartupError::NotMigrated),
-            Some(column) if column as usize != dim => {
-                return Err(StartupError::DimensionMismatch {
-                    column,
-                    configured: dim,
-                })
-            }
-            Some(_) => {}
-        }
-        match store.column_text_search_config().await? {
-            None => return Err(StartupError::NotMigrated),
-            Some(column) if column != schema.text_search_config => {
-                return Err(StartupError::TextSearchConfigMismatch {
-                    column,
-                    configured: schema.text_search_config,
-                })
-            }
-            Some(_) => {}
-        }
-        let cache = Cache::new(&settings.redis)?;
-        let embedder = Embedder::build(&settings.embeddings).await?;
+        let contexts = contexts(&settings, migrate).await?;
         let listener = TcpListener::bind(settings.bind_address)
             .await
             .map_err(|source| StartupError::Bind {
                 addr: settings.bind_address,
                 source,
             })?;
-        let contexts = Contexts::new(
-            store,
-            cache,
-            embedder,
-            settings.embeddings.timeout,
-            settings.search.fusion,
-        );
         let state = AppState::new(Shared {
             contexts,
             auth: AuthState {

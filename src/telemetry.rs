@@ -18,6 +18,19 @@ use crate::config::{LogFormat, LogSettings};
 /// span's end is logged with its busy and idle time, inside the request's
 /// span, so one request's lines show where its time went.
 pub fn init_logging(settings: &LogSettings) {
+    init_logging_to(settings, std::io::stdout);
+}
+
+/// Logs on stderr, for the commands whose stdout is their output (`export`)
+/// or a protocol (`mcp` over stdio).
+pub fn init_logging_to_stderr(settings: &LogSettings) {
+    init_logging_to(settings, std::io::stderr);
+}
+
+fn init_logging_to<W>(settings: &LogSettings, writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     // Span timings only when debug is asked for: at info, one line a request.
@@ -31,6 +44,7 @@ pub fn init_logging(settings: &LogSettings) {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
                     .with_span_events(spans.clone())
                     .json()
                     .flatten_event(true)
@@ -39,7 +53,11 @@ pub fn init_logging(settings: &LogSettings) {
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_span_events(spans.clone()))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    .with_span_events(spans.clone()),
+            )
             .try_init(),
     };
 }

@@ -189,7 +189,7 @@ ensure_tei_stub() {
 
 # serve_scratch NAME DIM API_KEYS LOG: the release binary on a fresh database
 # NAME (vectors of DIM), with the TEI stand-in, the local Redis and API_KEYS,
-# logging to LOG. Sets SERVE_PORT; on exit, stops both and drops the database,
+# logging to LOG. Sets SERVE_PORT and SERVE_TEI_URL; on exit, stops both and drops the database,
 # then runs serve_cleanup_extra if the caller defined it.
 serve_scratch() {
     local name="$1" dim="$2" keys="$3" log_file="$4" tei tei_port
@@ -199,6 +199,7 @@ serve_scratch() {
     _SERVE_DB="$name" _SERVE_PIDS=()
     trap _serve_cleanup EXIT
     tei_port="$(free_port)" SERVE_PORT="$(free_port)"
+    SERVE_TEI_URL="http://127.0.0.1:$tei_port"
     "$tei" --port "$tei_port" --dim "$dim" >/dev/null 2>&1 &
     _SERVE_PIDS+=($!)
     DATABASE_URL="$SCRATCH_DB_URL" EMBEDDING_DIM="$dim" LOG_LEVEL=warn \

@@ -192,7 +192,7 @@ fn with_etag(
 }
 
 impl CreateContextRequest {
-    fn parse(self, scope: Scope, dim: usize) -> Result<NewContext, ValidationError> {
+    pub(super) fn parse(self, scope: Scope, dim: usize) -> Result<NewContext, ValidationError> {
         let user_id = match (self.user_id, scope) {
             (Some(u), _) => UserId(u),
             (None, Scope::User(own)) => own,
@@ -229,7 +229,7 @@ impl CreateContextRequest {
 }
 
 impl PatchContextRequest {
-    fn parse(self, dim: usize) -> Result<ContextPatch, ValidationError> {
+    pub(super) fn parse(self, dim: usize) -> Result<ContextPatch, ValidationError> {
         let expires_at = match (self.expires_at, self.ttl_seconds) {
             (Some(_), Some(_)) => {
                 return Err(ValidationError::new(

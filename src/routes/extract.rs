@@ -287,6 +287,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // Already checked by the API's `authenticate` middleware.
+        if let Some(scope) = parts.extensions.get::<Scope>() {
+            return Ok(Caller(*scope));
+        }
         let auth = AuthState::from_ref(state);
         let Some(keys) = auth.keys else {
             return Ok(Caller(Scope::Admin));

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::HeaderName;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -14,9 +14,11 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use super::extract::Caller;
 use crate::auth::{ApiKeys, Scope};
 use crate::cache::Cache;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -161,4 +163,19 @@ pub async fn rate_limit(State(limits): State<RateLimits>, req: Request, next: Ne
         }
     }
     resp
+}
+
+/// Checks the bearer key of every API request and leaves the caller's
+/// [`Scope`](crate::auth::Scope) in the request's extensions, where
+/// services that are not handlers (the MCP server) find it. Handlers read
+/// it through [`Caller`](super::extract::Caller).
+pub async fn authenticate(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let Caller(scope) = Caller::from_request_parts(&mut parts, &state).await?;
+    parts.extensions.insert(scope);
+    Ok(next.run(Request::from_parts(parts, body)).await)
 }

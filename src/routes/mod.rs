@@ -1,10 +1,11 @@
-//! The HTTP surface: public probes, the authenticated /contexts API, and the
-//! middleware around them.
+//! The HTTP surface: public probes, the authenticated /contexts API and its
+//! MCP server at /mcp, and the middleware around them.
 
 mod contexts;
 pub(crate) mod extract;
 mod health;
 mod idempotency;
+pub mod mcp;
 mod middleware;
 pub mod openapi;
 mod search;
@@ -56,6 +57,16 @@ pub fn router(
                 .patch(contexts::update_context)
                 .delete(contexts::delete_context),
         )
+        // MCP over streamable HTTP: the caller's scope travels in the
+        // request's extensions to the tools.
+        .route_service(
+            "/mcp",
+            mcp::http_service(state.contexts.clone(), max_body_bytes),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             admission,

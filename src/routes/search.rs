@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::contexts::ContextResponse;
 use super::extract::{whole_number, AppJson, Caller};
 use crate::domain::{
-    json_object, parse_min_score, text_to_embed, ContextType, Embedding, SearchFilter, SearchInput,
-    SearchMode, TopK, UserId, ValidationError,
+    json_object, parse_min_score, text_to_embed, Context, ContextType, Embedding, SearchFilter,
+    SearchInput, SearchMode, TopK, UserId, ValidationError,
 };
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -24,9 +24,9 @@ pub enum Mode {
     /// `vector` is used as given).
     Vector,
     /// By Postgres full-text search over each context's embedded text
-    /// (`query` only): contexts holding any of the query's words, ranked by
-    /// how many they hold and how close together. Needs no embedding
-    /// service, and finds contexts whose embedding is still pending.
+    /// (`query` only): contexts holding any of the query's words (stemmed,
+    /// stop words dropped), ranked by BM25. Needs no embedding service, and
+    /// finds contexts whose embedding is still pending.
     Text,
     /// Both rankings, fused by reciprocal rank fusion (`query`, and
     /// optionally its `vector`).
@@ -84,10 +84,9 @@ pub struct SearchRequest {
 pub struct SearchResult {
     context: ContextResponse,
     /// By mode: `vector`, the cosine similarity to the query, -1 to 1;
-    /// `text`, the text rank, 0 to 1 (cover density normalized by the
-    /// context's length, scaled as rank / (rank + 1)); `hybrid`, the fused
-    /// score, the sum of `weight / (HYBRID_RRF_K + rank)` over the two
-    /// rankings that found it.
+    /// `text`, the Okapi BM25 score s (k1 1.2, b 0.75) mapped to 0..1 as
+    /// s / (s + 1); `hybrid`, the fused score, the sum of
+    /// `weight / (HYBRID_RRF_K + rank)` over the two rankings that found it.
     score: f32,
 }
 
@@ -100,7 +99,10 @@ pub struct SearchResponse {
 }
 
 impl SearchRequest {
-    fn parse(self, dim: usize) -> Result<(SearchInput, SearchFilter, TopK), ValidationError> {
+    pub(super) fn parse(
+        self,
+        dim: usize,
+    ) -> Result<(SearchInput, SearchFilter, TopK), ValidationError> {
         let mode = match self.mode.as_deref() {
             None | Some("vector") => SearchMode::Vector,
             Some("text") => SearchMode::Text,
@@ -153,14 +155,20 @@ pub async fn search_contexts(
 ) -> Result<Json<SearchResponse>, ApiError> {
     let (input, filter, k) = body.parse(state.contexts.dim())?;
     let (mode, hits) = state.contexts.search(scope, input, filter, k).await?;
-    Ok(Json(SearchResponse {
-        mode: mode.into(),
-        results: hits
-            .into_iter()
-            .map(|(c, score)| SearchResult {
-                context: c.into(),
-                score,
-            })
-            .collect(),
-    }))
+    Ok(Json(SearchResponse::new(mode, hits)))
+}
+
+impl SearchResponse {
+    pub(super) fn new(mode: SearchMode, hits: Vec<(Context, f32)>) -> Self {
+        Self {
+            mode: mode.into(),
+            results: hits
+                .into_iter()
+                .map(|(c, score)| SearchResult {
+                    context: c.into(),
+                    score,
+                })
+                .collect(),
+        }
+    }
 }
