@@ -216,7 +216,7 @@ fn refine(doc: &mut Value, dim: usize) {
     // one of query and vector; text a query and no vector; hybrid a query.
     doc["components"]["schemas"]["SearchRequest"]["oneOf"] = json!([
         {
-            "properties": {"mode": {"const": "vector"}},
+            "properties": {"mode": {"enum": ["vector", null]}},
             "oneOf": [
                 {"required": ["query"], "properties": {"query": {"type": "string"}}},
                 {"required": ["vector"], "properties": {"vector": {"type": "array"}}},
