@@ -166,7 +166,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             exit_on(migrate(&settings).await)
         }
         Command::Export { user, context_type } => {
-            let settings = match TransferSettings::load() {
+            let settings = match MigrateSettings::load() {
                 Ok(s) => s,
                 Err(e) => return config_error(e),
             };
@@ -231,14 +231,13 @@ async fn migrate(settings: &MigrateSettings) -> Result<(), Box<dyn std::error::E
 }
 
 async fn export(
-    settings: &TransferSettings,
+    settings: &MigrateSettings,
     user: Option<UserId>,
     context_type: Option<ContextType>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::connect(&settings.database, &settings.schema).await?;
-    let embedder = Embedder::build(&settings.embeddings).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let done = transfer::export(&store, &embedder, user, context_type.as_ref(), &mut out).await?;
+    let done = transfer::export(&store, user, context_type.as_ref(), &mut out).await?;
     tracing::info!(contexts = done.contexts, "export done");
     store.close().await;
     Ok(())

@@ -120,7 +120,11 @@ impl Contexts {
             }
         };
         let filled = claim.rows.iter().map(|r| r.id).zip(vectors).collect();
-        let updated = self.store.fill_embeddings(claim.token, filled).await?;
+        let model = self.embedding_model().await;
+        let updated = self
+            .store
+            .fill_embeddings(claim.token, filled, model.as_deref())
+            .await?;
         for ctx in &updated {
             self.cache.put_context(ctx).await;
         }
@@ -150,6 +154,9 @@ impl Contexts {
         }
         if new.embedding.is_none() {
             new.embedding = self.try_embed(&new.text).await;
+            if new.embedding.is_some() {
+                new.embedding_model = self.embedding_model().await;
+            }
         }
         let ctx = self.store.insert(&new).await?;
         self.after_write(&ctx).await;
@@ -213,7 +220,11 @@ impl Contexts {
         let vectors = self
             .bounded_embeddings(texts.len(), self.embedder.embed(&texts))
             .await;
+        let model = self.embedding_model().await;
         for (i, v) in missing.into_iter().zip(vectors) {
+            if v.is_some() {
+                items[i].embedding_model.clone_from(&model);
+            }
             items[i].embedding = v;
         }
     }
@@ -306,9 +317,9 @@ impl Contexts {
                 (None, None) => current.text.clone(),
             };
             let embedding = match &patch.embedding {
-                Some(e) => EmbeddingChange::Set(e.as_slice().to_vec()),
+                Some(e) => EmbeddingChange::Set(e.as_slice().to_vec(), None),
                 None if text != current.text => match self.try_embed(&text).await {
-                    Some(e) => EmbeddingChange::Set(e.into_vec()),
+                    Some(e) => EmbeddingChange::Set(e.into_vec(), self.embedding_model().await),
                     None => EmbeddingChange::Pending,
                 },
                 None => EmbeddingChange::Keep,
@@ -463,6 +474,12 @@ impl Contexts {
             .map_err(ServiceError::Embedding)?;
         self.cache.put_embedding(&model, text, &v).await;
         Ok(v)
+    }
+
+    /// The id of the model the embedding service runs, as it last said
+    /// (known once it has answered, which an embedding implies).
+    async fn embedding_model(&self) -> Option<String> {
+        self.embedder.model().await.ok()
     }
 
     /// An embedding for a write, or `None` (the row is then stored pending and

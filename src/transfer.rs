@@ -38,13 +38,14 @@ pub struct Record {
     pub text: String,
     /// `null` while the embedding is pending.
     pub embedding: Option<Vec<f64>>,
-    /// The model that made `embedding` (`null` with it).
+    /// The model that made `embedding`: the embedding service's model id,
+    /// or `null` for a vector the client gave (or with no vector).
     pub model: Option<String>,
 }
 
 impl Record {
-    fn exported(c: Context, text: String, model: &str) -> Self {
-        let model = c.embedding.as_ref().map(|_| model.to_owned());
+    fn exported(c: Context, text: String) -> Self {
+        let model = c.embedding.as_ref().and(c.embedding_model);
         Self {
             id: c.id.0,
             user_id: c.user_id.0,
@@ -61,15 +62,25 @@ impl Record {
         }
     }
 
-    /// Checked as a create is, plus the fields a create does not take.
-    /// A vector made by another model than `model` is dropped: it is made
-    /// again from the text.
+    /// Checked as a create is, plus the fields a create does not take. A
+    /// vector made by another model than `model` is dropped: it is made again
+    /// from the text. A vector with no model is the client's: kept as given.
     fn restore(self, dim: usize, model: &str) -> Result<(Restored, bool), ValidationError> {
-        let embedding = match (self.embedding, self.model.as_deref()) {
-            (Some(v), Some(m)) if m == model => Some(Embedding::from_wire("embedding", v, dim)?),
-            (Some(_), _) | (None, _) => None,
+        // (vector, its model, whether it must be made again)
+        let (embedding, embedding_model, stale) = match (self.embedding, self.model) {
+            (Some(v), Some(m)) if m == model => (
+                Some(Embedding::from_wire("embedding", v, dim)?),
+                Some(m),
+                false,
+            ),
+            (Some(v), None) => (
+                Some(Embedding::from_wire("embedding", v, dim)?),
+                None,
+                false,
+            ),
+            (Some(_), Some(_)) => (None, None, true),
+            (None, _) => (None, None, false),
         };
-        let stale = embedding.is_none() && self.model.is_some();
         if self.version < 1 {
             return Err(ValidationError::new("version", "must be 1 or more"));
         }
@@ -86,6 +97,7 @@ impl Record {
                     .transpose()?,
                 text: self.text,
                 embedding,
+                embedding_model,
             },
             created_at: storable_instant("created_at", self.created_at)?,
             updated_at: storable_instant("updated_at", self.updated_at)?,
@@ -190,23 +202,17 @@ pub struct Exported {
 /// [`Record`] a line, oldest first.
 pub async fn export(
     store: &Store,
-    embedder: &Embedder,
     user: Option<UserId>,
     context_type: Option<&ContextType>,
     out: &mut impl Write,
 ) -> Result<Exported, TransferError> {
     let total = store.count_visible(user, context_type).await?;
-    let model = if total > 0 {
-        embedder.model().await.map_err(TransferError::Model)?
-    } else {
-        String::new()
-    };
     let mut progress = Progress::new("export", "contexts", total as u64);
     let mut rows = store.export(user, context_type);
     let mut contexts = 0;
     while let Some(row) = rows.next().await {
         let row = row?;
-        let record = Record::exported(row.context, row.text, &model);
+        let record = Record::exported(row.context, row.text);
         serde_json::to_writer(&mut *out, &record).map_err(std::io::Error::from)?;
         out.write_all(b"\n")?;
         contexts += 1;
@@ -315,8 +321,11 @@ async fn write_batch(
         report.reembedded += stale.len() as u64;
         match embedder.embed(&texts).await {
             Ok(vectors) => {
+                let model = embedder.model().await.ok();
                 for (&i, v) in stale.iter().zip(vectors) {
-                    items[i].0.new.embedding = Embedding::parse("embedding", v, store.dim()).ok();
+                    let new = &mut items[i].0.new;
+                    new.embedding = Embedding::parse("embedding", v, store.dim()).ok();
+                    new.embedding_model = new.embedding.as_ref().and(model.clone());
                 }
             }
             Err(e) => {

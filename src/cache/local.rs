@@ -230,6 +230,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             embedding: None,
+            embedding_model: None,
         })
     }
 

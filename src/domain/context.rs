@@ -249,6 +249,8 @@ pub struct NewContext {
     pub expires_at: Option<DateTime<Utc>>,
     pub text: String,
     pub embedding: Option<Embedding>,
+    /// The model that made `embedding`; `None` for a vector the client gave.
+    pub embedding_model: Option<String>,
 }
 
 /// Fields a PATCH replaces; `None` keeps the stored value.
@@ -313,6 +315,10 @@ pub struct Context {
     pub updated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub embedding: Option<Vec<f32>>,
+    /// The model that made the vector; `None` while pending, for a vector
+    /// the client gave, or for one stored before models were recorded.
+    #[serde(default)]
+    pub embedding_model: Option<String>,
 }
 
 impl Context {
@@ -405,6 +411,7 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             embedding: None,
+            embedding_model: None,
         };
         let pending = c.generation();
         c.embedding_status = EmbeddingStatus::Ready;

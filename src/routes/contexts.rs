@@ -91,6 +91,9 @@ pub struct ContextResponse {
     /// `ready` once the context has its vector, `pending` until the worker embeds it.
     #[schema(value_type = String, pattern = "^(ready|pending)$")]
     embedding_status: EmbeddingStatus,
+    /// The embedding service's model that made the vector; `null` while
+    /// pending, or when the vector was given by the client.
+    embedding_model: Option<String>,
     is_active: bool,
     version: i32,
     created_at: DateTime<Utc>,
@@ -110,6 +113,7 @@ impl From<Context> for ContextResponse {
             metadata: c.metadata,
             expires_at: c.expires_at,
             embedding_status: c.embedding_status,
+            embedding_model: c.embedding_model,
             is_active: c.is_active,
             version: c.version,
             created_at: c.created_at,
@@ -224,6 +228,7 @@ impl CreateContextRequest {
             expires_at,
             text,
             embedding,
+            embedding_model: None,
         })
     }
 }

@@ -14,7 +14,7 @@ use crate::domain::{
 
 const COLUMNS: &str =
     "id, user_id, context_type, content, metadata, expires_at, embedding_status, \
-                       is_active, version, created_at, updated_at";
+                       is_active, version, created_at, updated_at, embedding_model";
 
 #[derive(FromRow)]
 pub(super) struct Row {
@@ -29,6 +29,7 @@ pub(super) struct Row {
     pub(super) version: i32,
     pub(super) created_at: DateTime<Utc>,
     pub(super) updated_at: DateTime<Utc>,
+    pub(super) embedding_model: Option<String>,
     #[sqlx(default)]
     pub(super) embedding: Option<Vector>,
     /// Only where a statement needs it (an update compares it).
@@ -46,7 +47,7 @@ macro_rules! row_query {
             Row,
             $head + r#" id, user_id, context_type, content AS "content: Json<JsonObject>",
                 metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
-                is_active, version, created_at, updated_at, "# + $tail
+                is_active, version, created_at, updated_at, embedding_model, "# + $tail
             $(, $($args)*)?
         )
     };
@@ -75,6 +76,7 @@ impl From<Row> for Context {
             created_at: r.created_at,
             updated_at: r.updated_at,
             embedding: r.embedding.map(|v| v.to_vec()),
+            embedding_model: r.embedding_model,
         }
     }
 }
@@ -104,7 +106,8 @@ pub struct Replacement<'a> {
 
 pub enum EmbeddingChange {
     Keep,
-    Set(Vec<f32>),
+    /// A new vector, and the model that made it (`None`: the client's).
+    Set(Vec<f32>, Option<String>),
     /// The text changed and no vector is available yet.
     Pending,
 }
@@ -129,8 +132,8 @@ impl Store {
     pub async fn insert(&self, c: &NewContext) -> Result<Context, StoreError> {
         let row = row_query!(
             "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at,
-                                   embedding_text, embedding, embedding_status)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                   embedding_text, embedding, embedding_status, embedding_model)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              RETURNING",
             r#"NULL::vector AS "embedding?: Vector", NULL::text AS "embedding_text?""#,
             c.id.0,
@@ -142,6 +145,7 @@ impl Store {
             c.text,
             vector_of(c) as _,
             status_of(c).as_str(),
+            model_of(c),
         )
         .fetch_one(&self.pool)
         .await?;
@@ -152,38 +156,23 @@ impl Store {
     /// all rows or none. Returns the stored contexts in the order given.
     #[tracing::instrument(name = "store.insert_many", level = "debug", skip_all, fields(items = items.len()))]
     pub async fn insert_many(&self, items: &[NewContext]) -> Result<Vec<Context>, StoreError> {
-        let n = items.len();
-        let (mut ids, mut users, mut types) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut contents, mut metadata, mut expiries) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut texts, mut vectors, mut statuses) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for c in items {
-            ids.push(c.id.0);
-            users.push(c.user_id.0);
-            types.push(c.context_type.as_str());
-            contents.push(Json(&c.content));
-            metadata.push(Json(&c.metadata));
-            expiries.push(c.expires_at);
-            texts.push(c.text.as_str());
-            vectors.push(vector_of(c));
-            statuses.push(status_of(c).as_str());
-        }
+        let Columns {
+            ids,
+            users,
+            types,
+            contents,
+            metadata,
+            expiries,
+            texts,
+            vectors,
+            statuses,
+            models,
+        } = Columns::of(items.iter());
         let rows = row_query!(
             "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at,
-                                   embedding_text, embedding, embedding_status)
+                                   embedding_text, embedding, embedding_status, embedding_model)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[],
-                                  $6::timestamptz[], $7::text[], $8::vector[], $9::text[])
+                                  $6::timestamptz[], $7::text[], $8::vector[], $9::text[], $10::text[])
              RETURNING",
             r#"NULL::vector AS "embedding?: Vector", NULL::text AS "embedding_text?""#,
             &ids,
@@ -195,6 +184,7 @@ impl Store {
             &texts as _,
             &vectors as _,
             &statuses as _,
+            &models as _,
         )
         .fetch_all(&self.pool)
         .await?;
@@ -263,16 +253,22 @@ impl Store {
         expected: i32,
         new: Replacement<'_>,
     ) -> Result<Option<Context>, StoreError> {
-        let (keep, vector, status) = match new.embedding {
-            EmbeddingChange::Keep => (true, None, None),
-            EmbeddingChange::Set(v) => (false, Some(Vector::from(v)), Some(EmbeddingStatus::Ready)),
-            EmbeddingChange::Pending => (false, None, Some(EmbeddingStatus::Pending)),
+        let (keep, vector, status, model) = match new.embedding {
+            EmbeddingChange::Keep => (true, None, None, None),
+            EmbeddingChange::Set(v, model) => (
+                false,
+                Some(Vector::from(v)),
+                Some(EmbeddingStatus::Ready),
+                model,
+            ),
+            EmbeddingChange::Pending => (false, None, Some(EmbeddingStatus::Pending), None),
         };
         let row = row_query!(
             "UPDATE contexts SET
                 context_type = $3, content = $4, metadata = $5, expires_at = $6, embedding_text = $7,
                 embedding = CASE WHEN $8 THEN embedding ELSE $9::vector END,
                 embedding_status = CASE WHEN $8 THEN embedding_status ELSE $10 END,
+                embedding_model = CASE WHEN $8 THEN embedding_model ELSE $11 END,
                 embedding_claim = CASE WHEN $8 THEN embedding_claim END,
                 embedding_claimed_until = CASE WHEN $8 THEN embedding_claimed_until END,
                 version = version + 1, updated_at = now()
@@ -289,6 +285,7 @@ impl Store {
             keep,
             vector as _,
             status.map(EmbeddingStatus::as_str),
+            model,
         )
         .fetch_optional(&self.pool)
         .await?;
@@ -443,13 +440,14 @@ impl Store {
         &self,
         token: Uuid,
         filled: Vec<(ContextId, Vec<f32>)>,
+        model: Option<&str>,
     ) -> Result<Vec<Context>, StoreError> {
         let (ids, vectors): (Vec<Uuid>, Vec<Vector>) = filled
             .into_iter()
             .map(|(id, v)| (id.0, Vector::from(v)))
             .unzip();
         let rows = row_query!(
-            "UPDATE contexts SET embedding = f.vector, embedding_status = 'ready',
+            "UPDATE contexts SET embedding = f.vector, embedding_status = 'ready', embedding_model = $4,
                     embedding_claim = NULL, embedding_claimed_until = NULL
              FROM UNNEST($2::uuid[], $3::vector[]) AS f(claimed, vector)
              WHERE id = f.claimed AND embedding_claim = $1 AND embedding_status = 'pending'
@@ -458,6 +456,7 @@ impl Store {
             token,
             &ids,
             &vectors as _,
+            model,
         )
         .fetch_all(&self.pool)
         .await?;
@@ -514,15 +513,65 @@ impl Store {
     }
 }
 
+/// New rows as one array per column, for `INSERT ... SELECT * FROM UNNEST(...)`.
+pub(super) struct Columns<'a> {
+    pub ids: Vec<Uuid>,
+    pub users: Vec<Uuid>,
+    pub types: Vec<&'a str>,
+    pub contents: Vec<Json<&'a JsonObject>>,
+    pub metadata: Vec<Json<&'a JsonObject>>,
+    pub expiries: Vec<Option<DateTime<Utc>>>,
+    pub texts: Vec<&'a str>,
+    pub vectors: Vec<Option<Vector>>,
+    pub statuses: Vec<&'static str>,
+    pub models: Vec<Option<&'a str>>,
+}
+
+impl<'a> Columns<'a> {
+    pub(super) fn of(items: impl ExactSizeIterator<Item = &'a NewContext>) -> Self {
+        let n = items.len();
+        let mut c = Columns {
+            ids: Vec::with_capacity(n),
+            users: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            contents: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            expiries: Vec::with_capacity(n),
+            texts: Vec::with_capacity(n),
+            vectors: Vec::with_capacity(n),
+            statuses: Vec::with_capacity(n),
+            models: Vec::with_capacity(n),
+        };
+        for new in items {
+            c.ids.push(new.id.0);
+            c.users.push(new.user_id.0);
+            c.types.push(new.context_type.as_str());
+            c.contents.push(Json(&new.content));
+            c.metadata.push(Json(&new.metadata));
+            c.expiries.push(new.expires_at);
+            c.texts.push(new.text.as_str());
+            c.vectors.push(vector_of(new));
+            c.statuses.push(status_of(new).as_str());
+            c.models.push(model_of(new));
+        }
+        c
+    }
+}
+
 /// A new row's vector, as bound.
-pub(super) fn vector_of(c: &NewContext) -> Option<Vector> {
+fn vector_of(c: &NewContext) -> Option<Vector> {
     c.embedding
         .as_ref()
         .map(|e| Vector::from(e.as_slice().to_vec()))
 }
 
+/// The model a new row's vector comes from, if it has one.
+fn model_of(c: &NewContext) -> Option<&str> {
+    c.embedding.as_ref().and(c.embedding_model.as_deref())
+}
+
 /// A new row is ready when it comes with its vector.
-pub(super) fn status_of(c: &NewContext) -> EmbeddingStatus {
+fn status_of(c: &NewContext) -> EmbeddingStatus {
     if c.embedding.is_some() {
         EmbeddingStatus::Ready
     } else {

@@ -8,7 +8,7 @@ use pgvector::Vector;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::contexts::{status_of, vector_of, Row};
+use super::contexts::{Columns, Row};
 use super::{Store, StoreError};
 use crate::domain::{Context, ContextType, JsonObject, NewContext, UserId};
 
@@ -82,41 +82,28 @@ impl Store {
     /// stored is skipped, so a repeated import writes nothing twice. Returns
     /// how many rows were written.
     pub async fn restore_many(&self, items: &[Restored]) -> Result<u64, StoreError> {
-        let n = items.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut users = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut contents = Vec::with_capacity(n);
-        let mut metadata = Vec::with_capacity(n);
-        let mut expiries = Vec::with_capacity(n);
-        let mut texts = Vec::with_capacity(n);
-        let mut vectors = Vec::with_capacity(n);
-        let mut statuses = Vec::with_capacity(n);
-        let mut created = Vec::with_capacity(n);
-        let mut updated = Vec::with_capacity(n);
-        let mut versions = Vec::with_capacity(n);
-        for r in items {
-            let c = &r.new;
-            ids.push(c.id.0);
-            users.push(c.user_id.0);
-            types.push(c.context_type.as_str());
-            contents.push(Json(&c.content));
-            metadata.push(Json(&c.metadata));
-            expiries.push(c.expires_at);
-            texts.push(c.text.as_str());
-            vectors.push(vector_of(c));
-            statuses.push(status_of(c).as_str());
-            created.push(r.created_at);
-            updated.push(r.updated_at);
-            versions.push(r.version);
-        }
+        let Columns {
+            ids,
+            users,
+            types,
+            contents,
+            metadata,
+            expiries,
+            texts,
+            vectors,
+            statuses,
+            models,
+        } = Columns::of(items.iter().map(|r| &r.new));
+        let created: Vec<DateTime<Utc>> = items.iter().map(|r| r.created_at).collect();
+        let updated: Vec<DateTime<Utc>> = items.iter().map(|r| r.updated_at).collect();
+        let versions: Vec<i32> = items.iter().map(|r| r.version).collect();
         let done = sqlx::query!(
             "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at,
                                    embedding_text, embedding, embedding_status,
-                                   created_at, updated_at, version)
+                                   created_at, updated_at, version, embedding_model)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[],
                                   $6::timestamptz[], $7::text[], $8::vector[], $9::text[],
-                                  $10::timestamptz[], $11::timestamptz[], $12::int4[])
+                                  $10::timestamptz[], $11::timestamptz[], $12::int4[], $13::text[])
              ON CONFLICT (id) DO NOTHING",
             &ids,
             &users,
@@ -130,6 +117,7 @@ impl Store {
             &created,
             &updated,
             &versions,
+            &models as _,
         )
         .execute(&self.pool)
         .await?;

@@ -217,3 +217,60 @@ async fn a_429_from_tei_is_retried_with_backoff() {
         0
     );
 }
+
+#[tokio::test]
+async fn every_row_records_the_model_that_made_its_vector() {
+    let app = spawn_app().await;
+    let model = crate::tei::MODEL_ID;
+    // Embedded at once, on create and in a batch.
+    let made = app
+        .create(
+            app.alice.id,
+            json!({"content": {"text": "embedded at once"}}),
+        )
+        .await;
+    assert_eq!(made["embedding_model"], model);
+    let resp = app
+        .req(Method::POST, "/contexts/batch")
+        .json(&json!({"items": [
+            {"user_id": app.alice.id, "context_type": "note", "content": {"text": "in a batch"}},
+            {"user_id": app.alice.id, "context_type": "note", "content": {"text": "given"},
+             "embedding": vec![0.5f32; DIM]},
+        ]}))
+        .sent()
+        .await;
+    let batch: Value = resp.json().await.unwrap();
+    assert_eq!(batch["results"][0]["context"]["embedding_model"], model);
+    assert_eq!(
+        batch["results"][1]["context"]["embedding_model"],
+        Value::Null
+    );
+    // The client's own vector: no model.
+    let given = app
+        .create(
+            app.alice.id,
+            json!({"content": {"text": "mine"}, "embedding": vec![0.5f32; DIM]}),
+        )
+        .await;
+    assert_eq!(given["embedding_model"], Value::Null);
+    let id = given["id"].as_str().unwrap();
+    // A new text is embedded by the service: its model from then on.
+    let resp = app
+        .req(Method::PATCH, &format!("/contexts/{id}"))
+        .json(&json!({"text": "now the service's"}))
+        .sent()
+        .await;
+    let patched: Value = resp.json().await.unwrap();
+    assert_eq!(patched["embedding_model"], model);
+    // Pending: none; filled by the worker: the model.
+    app.tei.set_down(true);
+    let pending = app
+        .create(app.alice.id, json!({"content": {"text": "while down"}}))
+        .await;
+    assert_eq!(pending["embedding_model"], Value::Null);
+    let id = pending["id"].as_str().unwrap();
+    app.tei.set_down(false);
+    wait_ready(&app, id).await;
+    let filled: Value = app.get(id).await.json().await.unwrap();
+    assert_eq!(filled["embedding_model"], model);
+}

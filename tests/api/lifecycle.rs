@@ -256,9 +256,8 @@ async fn the_binary_refuses_bad_configuration_with_one_clear_line() {
     );
 }
 
-#[tokio::test]
-async fn migrate_is_a_separate_idempotent_step_and_serve_refuses_an_unmigrated_database() {
-    // A database with nothing in it.
+/// A database with nothing in it.
+async fn empty_database() -> TestDb {
     let db = TestDb::create(DIM).await;
     let pool = db.pool().await;
     sqlx::query("DROP TABLE contexts, idempotency_keys, _sqlx_migrations")
@@ -266,6 +265,12 @@ async fn migrate_is_a_separate_idempotent_step_and_serve_refuses_an_unmigrated_d
         .await
         .unwrap();
     pool.close().await;
+    db
+}
+
+#[tokio::test]
+async fn migrate_is_a_separate_idempotent_step_and_serve_refuses_an_unmigrated_database() {
+    let db = empty_database().await;
     let tei = TeiStub::start(DIM, 8).await;
 
     let mut serve = binary();
@@ -308,13 +313,7 @@ async fn migrate_is_a_separate_idempotent_step_and_serve_refuses_an_unmigrated_d
 
 #[tokio::test]
 async fn migrate_names_an_unknown_text_search_configuration() {
-    let db = TestDb::create(DIM).await;
-    let pool = db.pool().await;
-    sqlx::query("DROP TABLE contexts, idempotency_keys, _sqlx_migrations")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    let db = empty_database().await;
     let tei = TeiStub::start(DIM, 8).await;
     let mut migrate = binary();
     base_env(&mut migrate, &db, &tei, free_port());
