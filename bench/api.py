@@ -61,7 +61,7 @@ TEI_LATENCY_MS = 20
 MIN_RECALL = 0.95
 
 READS = ["health", "get_cached", "get_uncached", "list_first", "list_deep", "search_vector", "search_user",
-         "search_meta", "search_text_cached", "search_text_uncached"]
+         "search_meta", "search_text_cached", "search_text_uncached", "search_bm25", "search_hybrid"]
 WRITES = ["create_vector", "create_text", "mixed"]
 ORDER = READS + WRITES
 PEER_SCENARIOS = ["get_cached", "get_uncached", "search_vector", "search_user", "search_meta"]
@@ -80,6 +80,8 @@ DESCRIPTIONS = {
     "search_meta": 'search_vector plus metadata {"tag":"rare"}: 1% of the rows',
     "search_text_cached": "POST /contexts/search {query, k:10}, 50 fixed texts: query embedding from Redis",
     "search_text_uncached": "a new query text every request: one TEI call (20 ms stand-in) each",
+    "search_bm25": "POST /contexts/search {mode: text, query, k:10}, 50 fixed texts: BM25 over the GIN index",
+    "search_hybrid": "{mode: hybrid, query, k:10}, the same texts: BM25 and HNSW (100 each), fused; embedding from Redis",
     "create_vector": "POST /contexts with an embedding: one INSERT, cache write",
     "create_text": "POST /contexts with text only: TEI call (20 ms stand-in) then INSERT",
     "mixed": "80% reads (get_cached, search_vector half each), 20% create_vector",
@@ -281,6 +283,8 @@ class Bench:
                 "search_user": [f'{{"vector":{v},"k":10,"user_id":"{users[i % 10]}"}}' for i, v in enumerate(vec)],
                 "search_meta": [f'{{"vector":{v},"k":10,"metadata":{{"tag":"rare"}}}}' for v in vec],
                 "search_text_cached": [json.dumps({"query": t, "k": 10}) for t in ds.query_texts],
+                "search_bm25": [json.dumps({"mode": "text", "query": t, "k": 10}) for t in ds.query_texts],
+                "search_hybrid": [json.dumps({"mode": "hybrid", "query": t, "k": 10}) for t in ds.query_texts],
                 "create_vector": [self.write_body(i, with_vector=True) for i in range(len(ds.write_texts))],
                 "create_text": [self.write_body(i, with_vector=False) for i in range(len(ds.write_texts))],
             }
@@ -296,8 +300,8 @@ class Bench:
             f["list_deep"] = write_requests(w / "list_deep.tsv",
                                             [("GET", f"/contexts?user_id={u}&limit=20&cursor={c}", "")
                                              for u, (c, _) in self.deep.items()])
-            for name in ("search_vector", "search_user", "search_meta", "search_text_cached", "create_vector",
-                         "create_text"):
+            for name in ("search_vector", "search_user", "search_meta", "search_text_cached", "search_bm25",
+                         "search_hybrid", "create_vector", "create_text"):
                 path = "/contexts/search" if name.startswith("search") else "/contexts"
                 f[name] = write_requests(w / f"{name}.tsv", [("POST", path, b) for b in self.bodies[name]])
             mixed = ([("GET", f"/contexts/{i}", "") for i in rng.sample(get_ids, min(400, len(get_ids)))]
