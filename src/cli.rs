@@ -1,5 +1,5 @@
 //! The command line: `serve` (default), `migrate`, `export`, `import`,
-//! `healthcheck`, `openapi`, `keys`, `config`.
+//! `reembed`, `mcp`, `healthcheck`, `openapi`, `keys`, `config`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
@@ -59,6 +59,16 @@ enum Command {
         on_error: crate::transfer::OnError,
         /// Contexts a batch (one statement).
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=5000))]
+        batch_size: u16,
+    },
+    /// After a change of model or dimension (EMBEDDING_*): embed every
+    /// context again with the configured model into a new column and index,
+    /// while the service keeps searching the old vectors, then switch to the
+    /// new ones in one transaction. Resumable: run it again after a stop.
+    /// Nothing to do when the stored vectors are already the model's.
+    Reembed {
+        /// Texts a batch (lowered to the provider's limit).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
         batch_size: u16,
     },
     /// Serve the MCP tools over stdio, for desktop MCP clients, acting with
@@ -192,6 +202,14 @@ pub async fn run(cli: Cli) -> ExitCode {
             telemetry::init_logging(&settings.log);
             exit_on(import(&settings, &file, on_error, batch_size.into()).await)
         }
+        Command::Reembed { batch_size } => {
+            let settings = match TransferSettings::load() {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            telemetry::init_logging_to_stderr(&settings.log);
+            exit_on(reembed(&settings, batch_size.into()).await)
+        }
         Command::Mcp { key } => {
             let settings = match Settings::load() {
                 Ok(s) => s,
@@ -226,6 +244,24 @@ async fn migrate(settings: &MigrateSettings) -> Result<(), Box<dyn std::error::E
         text_search_config = settings.schema.text_search_config,
         "migrations applied"
     );
+    store.close().await;
+    Ok(())
+}
+
+async fn reembed(
+    settings: &TransferSettings,
+    batch_size: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Store::connect(&settings.database, &settings.schema).await?;
+    let embedder = Embedder::build(&settings.embeddings).await?;
+    match crate::reembed::reembed(&store, &embedder, batch_size).await? {
+        crate::reembed::Reembedded::UpToDate => {
+            tracing::info!("the stored vectors are the configured model's: nothing to do")
+        }
+        crate::reembed::Reembedded::Switched { rows } => {
+            tracing::info!(rows, "re-embedding done")
+        }
+    }
     store.close().await;
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod embeddings;
 pub mod error;
 #[cfg(test)]
 mod proptests;
+pub mod reembed;
 pub mod routes;
 pub mod service;
 pub mod shutdown;

@@ -14,7 +14,9 @@ use crate::domain::{
     NewContext, Ranking, SearchFilter, SearchInput, SearchMode, TopK,
 };
 use crate::embeddings::{EmbedError, Embedder};
-use crate::store::{EmbeddingChange, Replacement, Store, StoreError};
+use crate::store::{
+    is_dimension_error, EmbeddingChange, EmbeddingState, Replacement, Store, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -35,7 +37,13 @@ pub enum ServiceError {
 pub struct Contexts {
     store: Store,
     cache: Cache,
+    /// The configured model.
     embedder: Embedder,
+    /// The model the stored vectors were made with, after a change of model
+    /// (EMBEDDING_PREVIOUS_*): it serves until a rebuild switches.
+    previous: Option<Embedder>,
+    /// What the database last said of its vectors (refreshed every second).
+    vectors: Arc<std::sync::RwLock<EmbeddingState>>,
     /// Wakes the embedding worker when a write leaves a row pending.
     pending: Arc<Notify>,
     /// How long a write waits for an embedding before storing the row pending.
@@ -43,6 +51,19 @@ pub struct Contexts {
     /// How hybrid search fuses its two rankings.
     fusion: Fusion,
 }
+
+/// Which embedder makes the vectors of each column, as the database last
+/// said: `current` those of `contexts.embedding` (searches, writes, the
+/// worker), `next` those of the rebuild under way, if this replica has its
+/// model. `current` is `None` when no configured model made the stored
+/// vectors: vector search then answers 503 and writes are stored pending.
+struct Roles {
+    current: Option<Embedder>,
+    next: Option<Embedder>,
+}
+
+/// A vector of the rebuild's model, and that model's id.
+type NextVector = Option<(Vec<f32>, String)>;
 
 /// A page of a listing.
 pub struct Page {
@@ -58,10 +79,19 @@ impl Contexts {
         inline_embed_timeout: Duration,
         fusion: Fusion,
     ) -> Self {
+        let vectors = EmbeddingState {
+            active_dim: store.dim(),
+            active_model: None,
+            target: None,
+            rows_done: 0,
+            rows_total: 0,
+        };
         Self {
             store,
             cache,
             embedder,
+            previous: None,
+            vectors: Arc::new(std::sync::RwLock::new(vectors)),
             pending: Arc::new(Notify::new()),
             inline_embed_timeout,
             fusion,
@@ -81,6 +111,63 @@ impl Contexts {
     /// For readiness and the embedder watch.
     pub fn embedder(&self) -> &Embedder {
         &self.embedder
+    }
+
+    /// The previous model's embedder (EMBEDDING_PREVIOUS_*), if configured.
+    pub fn with_previous(mut self, previous: Option<Embedder>) -> Self {
+        self.previous = previous;
+        self
+    }
+
+    pub fn previous(&self) -> Option<&Embedder> {
+        self.previous.as_ref()
+    }
+
+    /// Reads what the database says of its vectors (dimension, model,
+    /// rebuild and its progress) and publishes it as gauges.
+    pub async fn refresh_vectors(&self) -> Result<EmbeddingState, ServiceError> {
+        let state = self.store.embedding_state().await?;
+        metrics::gauge!("reembed_in_progress").set(if state.target.is_some() { 1.0 } else { 0.0 });
+        metrics::gauge!("reembed_rows_done").set(state.rows_done as f64);
+        metrics::gauge!("reembed_rows_total").set(state.rows_total as f64);
+        *self.vectors.write().expect("vectors lock") = state.clone();
+        Ok(state)
+    }
+
+    /// What the database last said of its vectors.
+    pub fn vectors(&self) -> EmbeddingState {
+        self.vectors.read().expect("vectors lock").clone()
+    }
+
+    fn roles(&self) -> Roles {
+        let state = self.vectors();
+        let configured = &self.embedder;
+        // A rebuild to the configured model has switched: the previous one is done.
+        let switched =
+            state.active_model.is_some() && state.active_model == configured.last_model();
+        let (current, current_is_configured) = match &self.previous {
+            Some(p) if p.dim() == state.active_dim && !switched => (Some(p.clone()), false),
+            _ if configured.dim() == state.active_dim => (Some(configured.clone()), true),
+            _ => (None, false),
+        };
+        let next = state
+            .target
+            .filter(|t| t.dim == configured.dim() && !current_is_configured)
+            .map(|_| configured.clone());
+        Roles { current, next }
+    }
+
+    /// After a statement met vectors of another dimension (a rebuild has
+    /// just switched): reads the state again. True when it changed.
+    async fn switched(&self, e: &StoreError) -> bool {
+        if !is_dimension_error(e) {
+            return false;
+        }
+        let before = self.vectors();
+        match self.refresh_vectors().await {
+            Ok(after) => after != before,
+            Err(_) => false,
+        }
     }
 
     /// The configured vector dimension.
@@ -105,12 +192,15 @@ impl Contexts {
     /// On failure the claim is released at once. Returns the rows claimed.
     #[tracing::instrument(name = "worker.fill_pending", level = "debug", skip(self))]
     pub async fn fill_pending(&self, batch: usize, lease: Duration) -> Result<usize, ServiceError> {
+        let Some(embedder) = self.roles().current else {
+            return Ok(0);
+        };
         let claim = self.store.claim_pending(batch as i64, lease).await?;
         if claim.rows.is_empty() {
             return Ok(0);
         }
         let texts: Vec<String> = claim.rows.iter().map(|r| r.text.clone()).collect();
-        let vectors = match self.embedder.embed(&texts).await {
+        let vectors = match embedder.embed(&texts).await {
             Ok(v) => v,
             Err(e) => {
                 if let Err(release) = self.store.release_claim(claim.token).await {
@@ -120,7 +210,7 @@ impl Contexts {
             }
         };
         let filled = claim.rows.iter().map(|r| r.id).zip(vectors).collect();
-        let model = self.embedding_model().await;
+        let model = embedder.model().await.ok();
         let updated = self
             .store
             .fill_embeddings(claim.token, filled, model.as_deref())
@@ -152,15 +242,62 @@ impl Contexts {
                 "this key may only write its own user's contexts",
             ));
         }
-        if new.embedding.is_none() {
-            new.embedding = self.try_embed(&new.text).await;
-            if new.embedding.is_some() {
-                new.embedding_model = self.embedding_model().await;
+        let given = new.embedding.is_some();
+        let mut retried = false;
+        loop {
+            let roles = self.roles();
+            if !given {
+                (new.embedding, new.embedding_model) = match &roles.current {
+                    Some(current) => self.try_embed(current, &new.text).await,
+                    None => (None, None),
+                };
             }
+            let next = self.embed_next(&roles, &new.text);
+            let ctx = match self.store.insert(&new).await {
+                Err(e) if !retried && !given && self.switched(&e).await => {
+                    retried = true;
+                    continue;
+                }
+                other => other?,
+            };
+            self.write_next(&[(&ctx, next.await)]).await;
+            self.after_write(&ctx).await;
+            return Ok(ctx);
         }
-        let ctx = self.store.insert(&new).await?;
-        self.after_write(&ctx).await;
-        Ok(ctx)
+    }
+
+    /// The rebuild's vector of `text`, when a rebuild is under way and this
+    /// replica has its model (`None` otherwise, or when it cannot be made
+    /// now: the rebuild then embeds the row itself).
+    fn embed_next<'a>(
+        &'a self,
+        roles: &Roles,
+        text: &'a str,
+    ) -> impl std::future::Future<Output = NextVector> + 'a {
+        let next = roles.next.clone();
+        async move {
+            let next = next?;
+            let (v, model) = self.try_embed(&next, text).await;
+            Some((v?.into_vec(), model?))
+        }
+    }
+
+    /// Stores the rebuild's vectors of rows just written (best effort).
+    /// Every vector of one call comes from the one next model.
+    async fn write_next(&self, rows: &[(&Context, NextVector)]) {
+        let Some(model) = rows
+            .iter()
+            .find_map(|(_, n)| n.as_ref().map(|(_, m)| m.clone()))
+        else {
+            return;
+        };
+        let (ids, vectors): (Vec<(ContextId, i32)>, Vec<Vec<f32>>) = rows
+            .iter()
+            .filter_map(|(ctx, n)| n.as_ref().map(|(v, _)| ((ctx.id, ctx.version), v.clone())))
+            .unzip();
+        if let Err(e) = self.store.write_next(&ids, vectors, &model).await {
+            tracing::warn!(error = %e, "rebuild vectors not stored: the rebuild makes them");
+        }
     }
 
     /// Creates many contexts: one embedding call in the provider's batches for
@@ -184,12 +321,28 @@ impl Contexts {
                 ))));
             }
         }
-        self.embed_missing(&mut allowed).await;
+        let roles = self.roles();
+        self.embed_missing(roles.current.as_ref(), &mut allowed)
+            .await;
         let stored = if allowed.is_empty() {
             Vec::new()
         } else {
             self.store.insert_many(&allowed).await?
         };
+        if let Some(next) = &roles.next {
+            let texts: Vec<String> = allowed.iter().map(|n| n.text.clone()).collect();
+            let vectors = self
+                .bounded_embeddings(next, texts.len(), next.embed(&texts))
+                .await;
+            if let Some(model) = next.model().await.ok().filter(|_| !stored.is_empty()) {
+                let rows: Vec<_> = stored
+                    .iter()
+                    .zip(vectors)
+                    .map(|(c, v)| (c, v.map(|v| (v.into_vec(), model.clone()))))
+                    .collect();
+                self.write_next(&rows).await;
+            }
+        }
         futures_util::future::join_all(stored.iter().map(|c| self.cache.put_context(c))).await;
         if stored
             .iter()
@@ -209,18 +362,18 @@ impl Contexts {
 
     /// Fills in the vectors of items that have none, in the provider's batch
     /// sizes. On failure or timeout the items stay pending for the worker.
-    async fn embed_missing(&self, items: &mut [NewContext]) {
+    async fn embed_missing(&self, embedder: Option<&Embedder>, items: &mut [NewContext]) {
         let missing: Vec<usize> = (0..items.len())
             .filter(|&i| items[i].embedding.is_none())
             .collect();
-        if missing.is_empty() {
+        let Some(embedder) = embedder.filter(|_| !missing.is_empty()) else {
             return;
-        }
+        };
         let texts: Vec<String> = missing.iter().map(|&i| items[i].text.clone()).collect();
         let vectors = self
-            .bounded_embeddings(texts.len(), self.embedder.embed(&texts))
+            .bounded_embeddings(embedder, texts.len(), embedder.embed(&texts))
             .await;
-        let model = self.embedding_model().await;
+        let model = embedder.model().await.ok();
         for (i, v) in missing.into_iter().zip(vectors) {
             if v.is_some() {
                 items[i].embedding_model.clone_from(&model);
@@ -291,7 +444,9 @@ impl Contexts {
         // If-Match the patch is applied on top of whatever won, however many
         // writers there are (the request timeout bounds the wait); with
         // If-Match the next round answers 412.
+        let mut retried = false;
         loop {
+            let roles = self.roles();
             let current = self
                 .store
                 .get_current(id)
@@ -316,13 +471,23 @@ impl Contexts {
                 (None, Some(c)) => embedding_text(None, c),
                 (None, None) => current.text.clone(),
             };
-            let embedding = match &patch.embedding {
-                Some(e) => EmbeddingChange::Set(e.as_slice().to_vec(), None),
-                None if text != current.text => match self.try_embed(&text).await {
-                    Some(e) => EmbeddingChange::Set(e.into_vec(), self.embedding_model().await),
-                    None => EmbeddingChange::Pending,
-                },
-                None => EmbeddingChange::Keep,
+            let text_changed = text != current.text;
+            let embedding = match (&patch.embedding, &roles.current) {
+                (Some(e), _) => EmbeddingChange::Set(e.as_slice().to_vec(), None),
+                (None, Some(embedder)) if text_changed => {
+                    match self.try_embed(embedder, &text).await {
+                        (Some(e), model) => EmbeddingChange::Set(e.into_vec(), model),
+                        (None, _) => EmbeddingChange::Pending,
+                    }
+                }
+                (None, None) if text_changed => EmbeddingChange::Pending,
+                (None, _) => EmbeddingChange::Keep,
+            };
+            let next = async {
+                match text_changed {
+                    true => self.embed_next(&roles, &text).await,
+                    false => None,
+                }
             };
             let replacement = Replacement {
                 context_type: patch
@@ -335,7 +500,15 @@ impl Contexts {
                 text: &text,
                 embedding,
             };
-            if let Some(updated) = self.store.update(id, ctx.version, replacement).await? {
+            let written = match self.store.update(id, ctx.version, replacement).await {
+                Err(e) if !retried && patch.embedding.is_none() && self.switched(&e).await => {
+                    retried = true;
+                    continue;
+                }
+                other => other?,
+            };
+            if let Some(updated) = written {
+                self.write_next(&[(&updated, next.await)]).await;
                 self.after_write(&updated).await;
                 return Ok(updated);
             }
@@ -398,7 +571,24 @@ impl Contexts {
         filter.user_id = scope.confine(filter.user_id).map_err(|_| {
             ServiceError::Forbidden("this key may only search its own user's contexts")
         })?;
-        let ranking = match input {
+        let retry = input.clone();
+        let ranking = self.ranking(input).await?;
+        let hits = match self.store.search(&ranking, &filter, k).await {
+            // A rebuild switched between the query's embedding and its
+            // statement: embed it again with the model of the new vectors.
+            Err(e) if self.switched(&e).await => {
+                let ranking = self.ranking(retry).await?;
+                let hits = self.store.search(&ranking, &filter, k).await?;
+                return Ok((ranking.mode(), hits));
+            }
+            other => other?,
+        };
+        Ok((ranking.mode(), hits))
+    }
+
+    /// What the store ranks by for `input`: its query embedded where needed.
+    async fn ranking(&self, input: SearchInput) -> Result<Ranking, ServiceError> {
+        Ok(match input {
             SearchInput::Vector(v) => Ranking::Vector(v.into_vec()),
             SearchInput::Text(text) => Ranking::Text(text),
             SearchInput::Embed {
@@ -432,9 +622,7 @@ impl Contexts {
                     None => Ranking::Text(text),
                 }
             }
-        };
-        let hits = self.store.search(&ranking, &filter, k).await?;
-        Ok((ranking.mode(), hits))
+        })
     }
 
     /// The query's vector; `None` when it cannot be embedded and the caller
@@ -457,18 +645,20 @@ impl Contexts {
 
     /// Query embeddings are cached by model and text.
     async fn query_vector(&self, text: &str) -> Result<Vec<f32>, ServiceError> {
-        let model = self
-            .embedder
-            .model()
-            .await
-            .map_err(ServiceError::Embedding)?;
+        let embedder = self.roles().current.ok_or_else(|| {
+            ServiceError::Embedding(EmbedError::Unavailable(
+                "no configured model made the stored vectors: set EMBEDDING_PREVIOUS_SERVICE_URL \
+                 to the model they were made with, or run `context-api reembed`"
+                    .into(),
+            ))
+        })?;
+        let model = embedder.model().await.map_err(ServiceError::Embedding)?;
         if let Some(v) = self.cache.get_embedding(&model, text).await {
             if v.len() == self.store.dim() {
                 return Ok(v);
             }
         }
-        let v = self
-            .embedder
+        let v = embedder
             .embed_one(text)
             .await
             .map_err(ServiceError::Embedding)?;
@@ -476,23 +666,33 @@ impl Contexts {
         Ok(v)
     }
 
-    /// The id of the model the embedding service runs, as it last said
-    /// (known once it has answered, which an embedding implies).
-    async fn embedding_model(&self) -> Option<String> {
-        self.embedder.model().await.ok()
-    }
-
-    /// An embedding for a write, or `None` (the row is then stored pending and
-    /// the worker fills it later): a write never fails because TEI is down.
-    async fn try_embed(&self, text: &str) -> Option<Embedding> {
-        let one = async { self.embedder.embed_one(text).await.map(|v| vec![v]) };
-        self.bounded_embeddings(1, one).await.pop().flatten()
+    /// An embedding for a write, with the id of the model that made it, or
+    /// `None` (the row is then stored pending and the worker fills it later):
+    /// a write never fails because TEI is down.
+    async fn try_embed(
+        &self,
+        embedder: &Embedder,
+        text: &str,
+    ) -> (Option<Embedding>, Option<String>) {
+        let one = async { embedder.embed_one(text).await.map(|v| vec![v]) };
+        let v = self
+            .bounded_embeddings(embedder, 1, one)
+            .await
+            .pop()
+            .flatten();
+        // Known once it has answered, which an embedding implies.
+        let model = match v {
+            Some(_) => embedder.model().await.ok(),
+            None => None,
+        };
+        (v, model)
     }
 
     /// The `n` vectors `call` gives within the inline timeout, each checked
     /// against the dimension; `None` for each that is missing or unusable.
     async fn bounded_embeddings(
         &self,
+        embedder: &Embedder,
         n: usize,
         call: impl std::future::Future<Output = Result<Vec<Vec<f32>>, EmbedError>>,
     ) -> Vec<Option<Embedding>> {
@@ -500,7 +700,7 @@ impl Contexts {
             Ok(Ok(vectors)) => vectors
                 .into_iter()
                 .map(|v| {
-                    Embedding::parse("embedding", v, self.store.dim())
+                    Embedding::parse("embedding", v, embedder.dim())
                         .map_err(|e| {
                             tracing::warn!(error = %e, "embedding service returned an unusable vector")
                         })

@@ -36,7 +36,9 @@ pub enum StartupError {
     TextSearchConfigMismatch { column: String, configured: String },
     #[error(
         "contexts.embedding has dimension {column} but EMBEDDING_DIM is {configured}: \
-         set EMBEDDING_DIM={column} or use a database migrated for {configured}"
+         set EMBEDDING_DIM={column}, or to change the model keep the old one as \
+         EMBEDDING_PREVIOUS_SERVICE_URL and EMBEDDING_PREVIOUS_DIM={column} and run \
+         `context-api reembed` (see the README's Re-embedding)"
     )]
     DimensionMismatch { column: i32, configured: usize },
     #[error("migration failed: {0}")]
@@ -70,15 +72,27 @@ pub async fn contexts(settings: &Settings, migrate: bool) -> Result<Contexts, St
     if migrate {
         store::migrate(store.pool(), &schema).await?;
     }
-    match store.column_dimension().await? {
-        None => return Err(StartupError::NotMigrated),
-        Some(column) if column as usize != dim => {
-            return Err(StartupError::DimensionMismatch {
-                column,
-                configured: dim,
-            })
-        }
-        Some(_) => {}
+    let column = store
+        .column_dimension()
+        .await?
+        .ok_or(StartupError::NotMigrated)?;
+    let vectors = store
+        .embedding_state()
+        .await
+        .map_err(|_| StartupError::NotMigrated)?;
+    // The configured model fits the stored vectors, or the previous one
+    // does (a change of model), or a rebuild for the configured one is under way.
+    let previous_fits = settings
+        .embeddings
+        .previous
+        .as_ref()
+        .is_some_and(|(_, d)| *d == column as usize);
+    let rebuilding_for_it = vectors.target.as_ref().is_some_and(|t| t.dim == dim);
+    if column as usize != dim && !previous_fits && !rebuilding_for_it {
+        return Err(StartupError::DimensionMismatch {
+            column,
+            configured: dim,
+        });
     }
     match store.column_text_search_config().await? {
         None => return Err(StartupError::NotMigrated),
@@ -92,13 +106,23 @@ pub async fn contexts(settings: &Settings, migrate: bool) -> Result<Contexts, St
     }
     let cache = Cache::new(&settings.redis)?;
     let embedder = Embedder::build(&settings.embeddings).await?;
-    Ok(Contexts::new(
+    let previous = match settings.embeddings.previous() {
+        Some(p) => Some(Embedder::build(&p).await?),
+        None => None,
+    };
+    let contexts = Contexts::new(
         store,
         cache,
         embedder,
         settings.embeddings.timeout,
         settings.search.fusion,
-    ))
+    )
+    .with_previous(previous);
+    contexts.refresh_vectors().await.map_err(|e| match e {
+        crate::service::ServiceError::Store(e) => StartupError::Database(e),
+        _ => StartupError::NotMigrated,
+    })?;
+    Ok(contexts)
 }
 
 impl App {
@@ -167,6 +191,7 @@ impl App {
             stop.clone(),
         ));
         tasks.spawn(watch_embedder(contexts.clone(), stop.clone()));
+        tasks.spawn(watch_vectors(contexts.clone(), stop.clone()));
         {
             // Histogram samples wait in the recorder until a scrape or an
             // upkeep drains them: without this, a service nobody scrapes
@@ -252,17 +277,39 @@ impl App {
     }
 }
 
+/// How often a replica reads the state of the vectors (a rebuild's switch
+/// and progress); a statement that meets a switch sooner reads it at once.
+const VECTORS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Follows what the database says of its vectors: a rebuild, its progress,
+/// its switch.
+async fn watch_vectors(contexts: Contexts, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(VECTORS_REFRESH) => {}
+        }
+        match contexts.refresh_vectors().await {
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read the state of the vectors"),
+        }
+    }
+}
+
 /// Checks the embedding service until it answers (TEI loads its model before
-/// opening its port), and again whenever it is not known to be ready.
+/// opening its port), and again whenever it is not known to be ready; the
+/// previous model's service as well, where one is configured.
 async fn watch_embedder(contexts: Contexts, stop: CancellationToken) {
     loop {
-        if matches!(contexts.embedder().state(), EmbedderState::Ready { .. }) {
-            // Known good: nothing to do until a call fails.
-        } else if let Err(e) = contexts.embedder().check().await {
-            tracing::debug!(error = %e, "embedding service not ready");
-        } else {
-            // It may have come back: wake the worker for rows left pending.
-            contexts.wake_worker();
+        for embedder in std::iter::once(contexts.embedder()).chain(contexts.previous()) {
+            if matches!(embedder.state(), EmbedderState::Ready { .. }) {
+                // Known good: nothing to do until a call fails.
+            } else if let Err(e) = embedder.check().await {
+                tracing::debug!(error = %e, "embedding service not ready");
+            } else {
+                // It may have come back: wake the worker for rows left pending.
+                contexts.wake_worker();
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => break,

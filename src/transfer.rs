@@ -121,18 +121,20 @@ pub enum TransferError {
 
 /// Progress on stderr: a bar with rate and ETA on a terminal, else a plain
 /// line every few seconds (and at the end) for logs.
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     label: &'static str,
     unit: &'static str,
     total: u64,
     done: u64,
+    /// Counted before this run (not part of its rate).
+    resumed: u64,
     started: Instant,
     last_line: Instant,
 }
 
 impl Progress {
-    fn new(label: &'static str, unit: &'static str, total: u64) -> Self {
+    pub(crate) fn new(label: &'static str, unit: &'static str, total: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total);
             let template = if unit == "bytes" {
@@ -151,12 +153,30 @@ impl Progress {
             unit,
             total,
             done: 0,
+            resumed: 0,
             started: now,
             last_line: now,
         }
     }
 
-    fn advance(&mut self, n: u64) {
+    /// Starts the count at `done` (a resumed job), without counting it in the rate.
+    pub(crate) fn resume_at(&mut self, done: u64) {
+        self.done = done;
+        self.resumed = done;
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            bar.reset_eta();
+        }
+    }
+
+    pub(crate) fn set_total(&mut self, total: u64) {
+        self.total = total;
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+        }
+    }
+
+    pub(crate) fn advance(&mut self, n: u64) {
         self.done += n;
         match &self.bar {
             Some(bar) => bar.inc(n),
@@ -170,7 +190,7 @@ impl Progress {
 
     fn line(&self) {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = self.done as f64 / secs;
+        let rate = (self.done - self.resumed) as f64 / secs;
         let eta = if rate > 0.0 {
             format!(
                 "{:.0} s",
@@ -185,7 +205,7 @@ impl Progress {
         );
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         match &self.bar {
             Some(bar) => bar.finish(),
             None => self.line(),

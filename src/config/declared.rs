@@ -115,6 +115,10 @@ settings! {
     hybrid_text_weight: f64 = 1.0;
     /// hybrid search: results taken from each ranking before fusion (at least the `k` asked for), 1 to 500
     hybrid_candidates: u32 = 100;
+    /// after a change of model: a TEI server of the model the stored vectors were made with, which serves searches and writes until `context-api reembed` switches to the configured model (see Re-embedding)
+    embedding_previous_service_url: Option<String> = None;
+    /// the dimension of `EMBEDDING_PREVIOUS_SERVICE_URL`'s model (required with it)
+    embedding_previous_dim: Option<u32> = None;
     /// per TEI call; also how long a write waits before storing `pending`
     embedding_timeout_ms: u64 = 5_000;
     /// retries, with jittered backoff, on connect errors, 429 and 5xx

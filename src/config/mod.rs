@@ -86,9 +86,22 @@ pub struct EmbeddingSettings {
     pub timeout: Duration,
     pub max_retries: u32,
     pub batch_size: usize,
+    /// The model the stored vectors were made with, after a change of model:
+    /// a TEI server and its dimension (the other fields as above).
+    pub previous: Option<(reqwest::Url, usize)>,
 }
 
 impl EmbeddingSettings {
+    /// The settings of the previous model's embedder, if one is configured.
+    pub fn previous(&self) -> Option<EmbeddingSettings> {
+        self.previous.as_ref().map(|(url, dim)| EmbeddingSettings {
+            provider: EmbeddingProvider::Tei { url: url.clone() },
+            dim: *dim,
+            previous: None,
+            ..self.clone()
+        })
+    }
+
     /// How long the embedding worker's claim on a batch lasts: twice the
     /// longest a batch can take (every attempt timing out), plus a margin.
     /// Only a worker that dies mid-batch lets a claim lapse.
@@ -370,12 +383,41 @@ impl EmbeddingSettings {
         let dim = embedding_dim(raw)?;
         positive("EMBEDDING_BATCH_SIZE", raw.embedding_batch_size as u64)?;
         positive("EMBEDDING_TIMEOUT_MS", raw.embedding_timeout_ms)?;
+        let previous = match (
+            &raw.embedding_previous_service_url,
+            raw.embedding_previous_dim,
+        ) {
+            (None, None) => None,
+            (Some(url), Some(dim)) if (1..=16_000).contains(&dim) => Some((
+                provider::tei_url("EMBEDDING_PREVIOUS_SERVICE_URL", url)?,
+                dim as usize,
+            )),
+            (Some(_), Some(dim)) => {
+                return Err(err(
+                    "EMBEDDING_PREVIOUS_DIM",
+                    format!("must be between 1 and 16000, got {dim}"),
+                ))
+            }
+            (Some(_), None) => {
+                return Err(err(
+                    "EMBEDDING_PREVIOUS_DIM",
+                    "is required with EMBEDDING_PREVIOUS_SERVICE_URL",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "EMBEDDING_PREVIOUS_SERVICE_URL",
+                    "is required with EMBEDDING_PREVIOUS_DIM",
+                ))
+            }
+        };
         Ok(Self {
             provider,
             dim,
             timeout: Duration::from_millis(raw.embedding_timeout_ms),
             max_retries: raw.embedding_max_retries,
             batch_size: raw.embedding_batch_size,
+            previous,
         })
     }
 }

@@ -33,19 +33,7 @@ pub(super) fn resolve(raw: &Raw) -> Result<EmbeddingProvider, ConfigError> {
                 "is required with EMBEDDING_PROVIDER=tei",
             )
         })?;
-        let mut url = reqwest::Url::parse(&url)
-            .map_err(|e| err("EMBEDDING_SERVICE_URL", format!("not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(err(
-                "EMBEDDING_SERVICE_URL",
-                "must be an http:// or https:// URL",
-            ));
-        }
-        // So that joining "embed" keeps a path prefix (TEI behind a proxy).
-        if !url.path().ends_with('/') {
-            url.set_path(&format!("{}/", url.path()));
-        }
-        return Ok(EmbeddingProvider::Tei { url });
+        return tei_url("EMBEDDING_SERVICE_URL", &url).map(|url| EmbeddingProvider::Tei { url });
     }
     if !cfg!(feature = "local-embeddings") {
         return Err(err(
@@ -73,4 +61,17 @@ pub(super) fn resolve(raw: &Raw) -> Result<EmbeddingProvider, ConfigError> {
         model_dir,
         queue_size,
     })
+}
+
+/// A TEI base URL, as `name` gives it.
+pub(super) fn tei_url(name: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
+    let mut url = reqwest::Url::parse(url).map_err(|e| err(name, format!("not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(err(name, "must be an http:// or https:// URL"));
+    }
+    // So that joining "embed" keeps a path prefix (TEI behind a proxy).
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(url)
 }

@@ -122,6 +122,8 @@ struct Health {
     info: Option<Info>,
     state: EmbedderState,
     last_failure: Option<Instant>,
+    /// The model id of the last successful contact, kept through outages.
+    last_model: Option<String>,
     /// The contact in flight, if any: concurrent callers await the same one
     /// instead of queueing one behind another on a service that hangs.
     probe: Option<Probe>,
@@ -178,6 +180,7 @@ impl Embedder {
                 info: None,
                 state: EmbedderState::Unknown,
                 last_failure: None,
+                last_model: None,
                 probe: None,
             })),
             coalescer: None,
@@ -195,6 +198,16 @@ impl Embedder {
 
     pub fn state(&self) -> EmbedderState {
         self.health().state.clone()
+    }
+
+    /// The dimension of the vectors it makes.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The model id the service gave when last reached, if ever.
+    pub fn last_model(&self) -> Option<String> {
+        self.health().last_model.clone()
     }
 
     fn set_state(&self, s: EmbedderState) {
@@ -283,6 +296,7 @@ impl Embedder {
         h.state = EmbedderState::Ready {
             model: info.model.clone(),
         };
+        h.last_model = Some(info.model.clone());
         h.info = Some(info.clone());
         Ok(info)
     }

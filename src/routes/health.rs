@@ -63,15 +63,21 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
         Some(false) => "off",
     };
     checks.insert("cache_local", json!(local));
-    let embeddings = match contexts.embedder().state() {
-        EmbedderState::Unknown => json!("not contacted yet"),
-        EmbedderState::Ready { model } => json!({"status": "ok", "model": model}),
-        EmbedderState::Unavailable => json!("unavailable"),
-        EmbedderState::DimensionMismatch { expected, got } => json!({
-            "status": "dimension_mismatch", "expected": expected, "got": got
+    let embeddings = embedder_check(contexts.embedder().state());
+    checks.insert("embeddings", embeddings);
+    if let Some(previous) = contexts.previous() {
+        checks.insert("embeddings_previous", embedder_check(previous.state()));
+    }
+    // Reported, never required: searches keep serving the stored vectors.
+    let vectors = contexts.vectors();
+    let reembed = match &vectors.target {
+        None => json!({"state": "idle", "model": vectors.active_model, "dim": vectors.active_dim}),
+        Some(t) => json!({
+            "state": "running", "model": t.model, "dim": t.dim,
+            "rows_done": vectors.rows_done, "rows_total": vectors.rows_total,
         }),
     };
-    checks.insert("embeddings", embeddings);
+    checks.insert("reembed", reembed);
     let redis_ok = cache != CacheHealth::Down || state.redis_optional;
     let (code, status) = if state.lifecycle.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
@@ -81,6 +87,17 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
         (StatusCode::SERVICE_UNAVAILABLE, "degraded")
     };
     (code, Json(Readiness { status, checks }))
+}
+
+fn embedder_check(state: EmbedderState) -> Value {
+    match state {
+        EmbedderState::Unknown => json!("not contacted yet"),
+        EmbedderState::Ready { model } => json!({"status": "ok", "model": model}),
+        EmbedderState::Unavailable => json!("unavailable"),
+        EmbedderState::DimensionMismatch { expected, got } => json!({
+            "status": "dimension_mismatch", "expected": expected, "got": got
+        }),
+    }
 }
 
 /// Prometheus text format. Gauges of shared resources are read at scrape time.

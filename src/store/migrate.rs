@@ -21,6 +21,8 @@ pub enum MigrateError {
     Changed(i64),
     #[error(transparent)]
     Other(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot read the recorded schema values: {0}")]
+    Origin(#[from] sqlx::Error),
 }
 
 #[derive(Debug)]
@@ -41,7 +43,15 @@ pub struct Schema {
     pub text_search_config: String,
 }
 
+/// Applies the pending migrations. A database that records the values its
+/// migrations were first applied with (migration 6) is migrated with those:
+/// after `context-api reembed` its vectors may have another dimension than
+/// the one its first migration was built with, and that one must not change.
 pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<(), MigrateError> {
+    let schema = match origin(pool).await? {
+        Some(origin) => origin,
+        None => schema.clone(),
+    };
     let migrations = TEMPLATES
         .iter()
         .map(|m| {
@@ -63,4 +73,22 @@ pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<(), MigrateError>
         sqlx::migrate::MigrateError::VersionMismatch(v) => MigrateError::Changed(v),
         other => MigrateError::Other(other),
     })
+}
+
+/// The values the migrations were first applied with, where recorded.
+async fn origin(pool: &PgPool) -> Result<Option<Schema>, sqlx::Error> {
+    let recorded: bool = sqlx::query_scalar("SELECT to_regclass('embedding_state') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !recorded {
+        return Ok(None);
+    }
+    let row: Option<(i32, String)> =
+        sqlx::query_as("SELECT origin_dim, origin_text_search_config FROM embedding_state")
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(dim, text_search_config)| Schema {
+        dim: dim as usize,
+        text_search_config,
+    }))
 }

@@ -3,6 +3,7 @@
 #[macro_use]
 mod contexts;
 mod idempotency;
+mod rebuild;
 mod transfer;
 
 pub use contexts::{
@@ -10,11 +11,14 @@ pub use contexts::{
     EmbeddingChange, PendingRow, Replacement,
 };
 pub use idempotency::{Answer, Recorded};
+pub use rebuild::{is_dimension_error, EmbeddingState, RebuildRow, SwitchLock, Target};
 pub use transfer::{Restored, Stored};
 mod migrate;
 
 pub use migrate::{migrate, MigrateError, Schema};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -62,7 +66,9 @@ fn is_unavailable_code(code: &str) -> bool {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
-    dim: usize,
+    /// The dimension of `contexts.embedding`: the configured one at first,
+    /// then as the database says (a rebuild changes it).
+    dim: Arc<AtomicUsize>,
     /// The text-search configuration `contexts.embedding_tsv` was built
     /// with; queries must parse text the same way.
     text_search_config: String,
@@ -101,7 +107,7 @@ impl Store {
     pub fn from_pool(pool: PgPool, schema: &Schema) -> Self {
         Self {
             pool,
-            dim: schema.dim,
+            dim: Arc::new(AtomicUsize::new(schema.dim)),
             text_search_config: schema.text_search_config.clone(),
         }
     }
@@ -111,7 +117,11 @@ impl Store {
     }
 
     pub fn dim(&self) -> usize {
-        self.dim
+        self.dim.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_dim(&self, dim: usize) {
+        self.dim.store(dim, Ordering::Relaxed);
     }
 
     /// The declared dimension of `contexts.embedding`; `None` when the table is missing.

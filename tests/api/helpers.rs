@@ -254,8 +254,14 @@ impl TestApp {
     /// Another instance on the same database, Redis prefix and keys, that
     /// embeds through `tei`.
     pub async fn sibling_with_tei(&self, tei: TeiStub) -> TestApp {
+        self.sibling_with(tei, vec![]).await
+    }
+
+    /// Another instance as [`TestApp::sibling_with_tei`], with more settings.
+    pub async fn sibling_with(&self, tei: TeiStub, extra: Vec<(String, Value)>) -> TestApp {
         let mut overrides = self.overrides.clone();
         overrides.push(("embedding_service_url".into(), json!(tei.url())));
+        overrides.extend(extra);
         let mut other = TestApp {
             addr: "0.0.0.0:0".parse().unwrap(),
             client: reqwest::Client::new(),

@@ -19,6 +19,7 @@ mod limits;
 mod local;
 mod modes;
 mod plan;
+mod reembed;
 mod search;
 mod secrets;
 mod transfer;
