@@ -60,6 +60,8 @@ pub struct Contexts {
 struct Roles {
     current: Option<Embedder>,
     next: Option<Embedder>,
+    /// The state they were chosen by.
+    seen: EmbeddingState,
 }
 
 /// A vector of the rebuild's model, and that model's id.
@@ -141,6 +143,10 @@ impl Contexts {
 
     fn roles(&self) -> Roles {
         let state = self.vectors();
+        self.roles_for(state)
+    }
+
+    fn roles_for(&self, state: EmbeddingState) -> Roles {
         let configured = &self.embedder;
         // A rebuild to the configured model has switched: the previous one is done.
         let switched =
@@ -152,20 +158,25 @@ impl Contexts {
         };
         let next = state
             .target
+            .clone()
             .filter(|t| t.dim == configured.dim() && !current_is_configured)
             .map(|_| configured.clone());
-        Roles { current, next }
+        Roles {
+            current,
+            next,
+            seen: state,
+        }
     }
 
     /// After a statement met vectors of another dimension (a rebuild has
-    /// just switched): reads the state again. True when it changed.
-    async fn switched(&self, e: &StoreError) -> bool {
+    /// just switched): reads the state again. True when it is no longer
+    /// `seen`, the one the statement was built by.
+    async fn switched(&self, e: &StoreError, seen: &EmbeddingState) -> bool {
         if !is_dimension_error(e) {
             return false;
         }
-        let before = self.vectors();
         match self.refresh_vectors().await {
-            Ok(after) => after != before,
+            Ok(now) => now.active_dim != seen.active_dim,
             Err(_) => false,
         }
     }
@@ -254,7 +265,7 @@ impl Contexts {
             }
             let next = self.embed_next(&roles, &new.text);
             let ctx = match self.store.insert(&new).await {
-                Err(e) if !retried && !given && self.switched(&e).await => {
+                Err(e) if !retried && !given && self.switched(&e, &roles.seen).await => {
                     retried = true;
                     continue;
                 }
@@ -501,7 +512,11 @@ impl Contexts {
                 embedding,
             };
             let written = match self.store.update(id, ctx.version, replacement).await {
-                Err(e) if !retried && patch.embedding.is_none() && self.switched(&e).await => {
+                Err(e)
+                    if !retried
+                        && patch.embedding.is_none()
+                        && self.switched(&e, &roles.seen).await =>
+                {
                     retried = true;
                     continue;
                 }
@@ -572,11 +587,12 @@ impl Contexts {
             ServiceError::Forbidden("this key may only search its own user's contexts")
         })?;
         let retry = input.clone();
+        let seen = self.vectors();
         let ranking = self.ranking(input).await?;
         let hits = match self.store.search(&ranking, &filter, k).await {
             // A rebuild switched between the query's embedding and its
             // statement: embed it again with the model of the new vectors.
-            Err(e) if self.switched(&e).await => {
+            Err(e) if self.switched(&e, &seen).await => {
                 let ranking = self.ranking(retry).await?;
                 let hits = self.store.search(&ranking, &filter, k).await?;
                 return Ok((ranking.mode(), hits));

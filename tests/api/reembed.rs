@@ -239,6 +239,7 @@ async fn an_interrupted_rebuild_resumes_and_a_changed_text_is_embedded_again() {
         ("database_url".into(), json!(old.db.url)),
         ("embedding_service_url".into(), json!(tei.url())),
         ("embedding_dim".into(), json!(NEW_DIM)),
+        ("auth_disabled".into(), json!(true)),
     ]);
     let store = context_api::store::Store::connect(&settings.database, &settings.schema())
         .await
