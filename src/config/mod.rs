@@ -60,6 +60,10 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
     pub url: Secret,
+    /// Read replicas: searches and lists go to them.
+    pub replicas: Vec<Secret>,
+    /// A replica further behind is skipped.
+    pub replica_max_lag: Duration,
     pub pool_max: u32,
     pub pool_min: u32,
     pub acquire_timeout: Duration,
@@ -270,6 +274,9 @@ impl Settings {
 pub struct MigrateSettings {
     pub database: DatabaseSettings,
     pub schema: Schema,
+    /// EMBEDDING_PREVIOUS_DIM: during a change of model, the dimension the
+    /// stored vectors may still have.
+    pub previous_dim: Option<usize>,
     pub log: LogSettings,
 }
 
@@ -283,6 +290,7 @@ impl MigrateSettings {
         Ok(Self {
             database: DatabaseSettings::from_raw(&raw)?,
             schema: schema(&raw)?,
+            previous_dim: raw.embedding_previous_dim.map(|d| d as usize),
             log: LogSettings::from_raw(&raw)?,
         })
     }
@@ -347,8 +355,36 @@ impl DatabaseSettings {
         if raw.db_pool_min > raw.db_pool_max {
             return Err(err("DB_POOL_MIN", "must not exceed DB_POOL_MAX"));
         }
+        let replicas = match secret_or_file(
+            "DATABASE_REPLICA_URLS",
+            &raw.database_replica_urls,
+            &raw.database_replica_urls_file,
+        )? {
+            None => Vec::new(),
+            Some(list) => {
+                let urls: Vec<Secret> = list
+                    .expose()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(|u| Secret::new(u.to_owned()))
+                    .collect();
+                if urls.iter().any(|u| {
+                    !u.expose().starts_with("postgres://")
+                        && !u.expose().starts_with("postgresql://")
+                }) {
+                    return Err(err(
+                        "DATABASE_REPLICA_URLS",
+                        "each URL must start with postgres:// or postgresql://",
+                    ));
+                }
+                urls
+            }
+        };
         Ok(Self {
             url,
+            replicas,
+            replica_max_lag: Duration::from_millis(raw.db_replica_max_lag_ms),
             pool_max: raw.db_pool_max,
             pool_min: raw.db_pool_min,
             acquire_timeout: Duration::from_millis(raw.db_acquire_timeout_ms),

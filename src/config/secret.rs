@@ -17,9 +17,14 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
-    /// What may be shown: a URL with its password replaced, else a placeholder.
+    /// What may be shown: a URL with its password replaced, else a
+    /// placeholder; each of a comma-separated list on its own.
     pub fn redacted(&self) -> String {
-        redact_url(&self.0)
+        self.0
+            .split(',')
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -85,5 +90,10 @@ mod tests {
         let key =
             Secret::new("admin:5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8");
         assert_eq!(serde_json::to_string(&key).unwrap(), "\"[redacted]\"");
+        let list = Secret::new("postgres://a:one@r1/db,postgres://b:two@r2/db");
+        assert_eq!(
+            list.redacted(),
+            "postgres://a:redacted@r1/db,postgres://b:redacted@r2/db"
+        );
     }
 }

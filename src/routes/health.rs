@@ -48,6 +48,13 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
     let db_ok = matches!(db, Ok(Ok(())));
     let mut checks = BTreeMap::new();
     checks.insert("postgres", json!(if db_ok { "ok" } else { "down" }));
+    // Reported, never required: their reads go to the primary meanwhile.
+    if contexts.store().has_replicas() {
+        checks.insert(
+            "postgres_replicas",
+            json!(contexts.store().replica_states()),
+        );
+    }
     let redis = match cache {
         CacheHealth::Ok => "ok",
         CacheHealth::Down if state.redis_optional => "down (optional)",

@@ -335,26 +335,9 @@ impl Store {
     /// Newest first, after the cursor.
     #[tracing::instrument(name = "store.list", level = "debug", skip_all, fields(limit = q.limit.get()))]
     pub async fn list(&self, q: &ListQuery) -> Result<Vec<Context>, StoreError> {
-        let mut sql = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {COLUMNS} FROM contexts WHERE {VISIBLE}"
-        ));
-        if let Some(u) = q.user_id {
-            sql.push(" AND user_id = ").push_bind(u.0);
-        }
-        if let Some(t) = &q.context_type {
-            sql.push(" AND context_type = ")
-                .push_bind(t.as_str().to_owned());
-        }
-        if let Some(c) = q.after {
-            sql.push(" AND (created_at, id) < (")
-                .push_bind(c.created_at)
-                .push(", ")
-                .push_bind(c.id.0)
-                .push(")");
-        }
-        sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(q.limit.get());
-        let rows: Vec<Row> = sql.build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<Row> = self
+            .on_replica(|pool| async move { list_query(q).build_query_as().fetch_all(pool).await })
+            .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
@@ -369,16 +352,20 @@ impl Store {
         k: TopK,
     ) -> Result<Vec<(Context, f32)>, StoreError> {
         let config = self.text_search_config.as_str();
-        let mut sql = match ranking {
-            Ranking::Vector(v) => search_query(v, filter, k),
-            Ranking::Text(t) => text_search_query(config, t, filter, k),
-            Ranking::Hybrid {
-                vector,
-                text,
-                fusion,
-            } => hybrid_search_query(config, vector, text, filter, k, fusion),
-        };
-        let rows: Vec<ScoredRow> = sql.build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<ScoredRow> = self
+            .on_replica(|pool| async move {
+                let mut sql = match ranking {
+                    Ranking::Vector(v) => search_query(v, filter, k),
+                    Ranking::Text(t) => text_search_query(config, t, filter, k),
+                    Ranking::Hybrid {
+                        vector,
+                        text,
+                        fusion,
+                    } => hybrid_search_query(config, vector, text, filter, k, fusion),
+                };
+                sql.build_query_as().fetch_all(pool).await
+            })
+            .await?;
         Ok(rows
             .into_iter()
             .map(|r| (r.row.into(), r.score as f32))
@@ -511,6 +498,29 @@ impl Store {
         tx.commit().await?;
         Ok(Some(ids.into_iter().map(ContextId).collect()))
     }
+}
+
+/// The listing statement: newest first, after the cursor.
+fn list_query(q: &ListQuery) -> QueryBuilder<'_, Postgres> {
+    let mut sql =
+        QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM contexts WHERE {VISIBLE}"));
+    if let Some(u) = q.user_id {
+        sql.push(" AND user_id = ").push_bind(u.0);
+    }
+    if let Some(t) = &q.context_type {
+        sql.push(" AND context_type = ")
+            .push_bind(t.as_str().to_owned());
+    }
+    if let Some(c) = q.after {
+        sql.push(" AND (created_at, id) < (")
+            .push_bind(c.created_at)
+            .push(", ")
+            .push_bind(c.id.0)
+            .push(")");
+    }
+    sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(q.limit.get());
+    sql
 }
 
 /// New rows as one array per column, for `INSERT ... SELECT * FROM UNNEST(...)`.

@@ -4,6 +4,7 @@
 mod contexts;
 mod idempotency;
 mod rebuild;
+mod replicas;
 mod transfer;
 
 pub use contexts::{
@@ -12,6 +13,7 @@ pub use contexts::{
 };
 pub use idempotency::{Answer, Recorded};
 pub use rebuild::{is_dimension_error, EmbeddingState, RebuildRow, SwitchLock, Target};
+pub use replicas::{ReplicaState, CHECK_INTERVAL as REPLICA_CHECK_INTERVAL};
 pub use transfer::{Restored, Stored};
 mod migrate;
 
@@ -72,6 +74,8 @@ pub struct Store {
     /// The text-search configuration `contexts.embedding_tsv` was built
     /// with; queries must parse text the same way.
     text_search_config: String,
+    /// Read replicas (none unless DATABASE_REPLICA_URLS).
+    replicas: Arc<replicas::Replicas>,
 }
 
 impl Store {
@@ -93,7 +97,11 @@ impl Store {
                 .connect_with(options.clone())
                 .await;
             match attempt {
-                Ok(pool) => return Ok(Self::from_pool(pool, schema)),
+                Ok(pool) => {
+                    let mut store = Self::from_pool(pool, schema);
+                    store.replicas = replicas::Replicas::connect(settings)?;
+                    return Ok(store);
+                }
                 Err(e) if tokio::time::Instant::now() + delay < deadline => {
                     tracing::warn!(error = %e, "database not reachable yet, retrying");
                     tokio::time::sleep(delay).await;
@@ -109,6 +117,7 @@ impl Store {
             pool,
             dim: Arc::new(AtomicUsize::new(schema.dim)),
             text_search_config: schema.text_search_config.clone(),
+            replicas: Arc::default(),
         }
     }
 
@@ -167,6 +176,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.close_replicas().await;
         self.pool.close().await;
     }
 }

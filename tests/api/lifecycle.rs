@@ -260,7 +260,7 @@ async fn the_binary_refuses_bad_configuration_with_one_clear_line() {
 async fn empty_database() -> TestDb {
     let db = TestDb::create(DIM).await;
     let pool = db.pool().await;
-    sqlx::query("DROP TABLE contexts, idempotency_keys, _sqlx_migrations")
+    sqlx::query("DROP TABLE contexts, idempotency_keys, embedding_state, _sqlx_migrations")
         .execute(&pool)
         .await
         .unwrap();

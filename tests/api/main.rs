@@ -20,6 +20,7 @@ mod local;
 mod modes;
 mod plan;
 mod reembed;
+mod replicas;
 mod search;
 mod secrets;
 mod transfer;
