@@ -260,6 +260,11 @@ status_pg() {
     resolve_pg_root_ro
     if id -u "$PG_USER" >/dev/null 2>&1 && pg_running; then
         echo "postgres: running on 127.0.0.1:$(pg_running_port) (pid $(head -n1 "$PG_DATA/postmaster.pid"), data $PG_DATA)"
+        if replica_running; then
+            echo "postgres standby: running on 127.0.0.1:$PG_REPLICA_PORT (data $PG_ROOT/replica)"
+        else
+            echo "postgres standby: stopped"
+        fi
         return 0
     fi
     if [[ -x "$PG_BIN/postgres" ]]; then
