@@ -12,10 +12,12 @@
 #   stop-pg, stop-redis   stop one of them (`start` brings it back)
 #   start-replica, stop-replica   the Postgres streaming standby alone (the
 #           replica tests stop and start it; `start` starts it too)
+#   start-redis-cluster, stop-redis-cluster   a 3-master Redis Cluster on
+#           loopback, for the suite's second pass (scripts/test.sh)
 #   status  report both; exit 0 if both are up, 3 otherwise
 #   env     print `export` lines for TEST_DATABASE_URL, TEST_REDIS_URL,
-#           TEST_REPLICA_URL (the standby) and PSQL (the psql client of the
-#           installed Postgres)
+#           TEST_REPLICA_URL (the standby), TEST_REDIS_CLUSTER_URL (the
+#           cluster's nodes) and PSQL (the psql client of the installed Postgres)
 #
 # Environment knobs (all optional):
 #   PG_PORT (54329)  PG_REPLICA_PORT (54339)  REDIS_PORT (63799)  PG_USER (ctxapi-pg)
@@ -52,6 +54,8 @@ SERVICES="$REPO/.services"
 PG_PORT="${PG_PORT:-54329}"
 PG_REPLICA_PORT="${PG_REPLICA_PORT:-54339}"
 REDIS_PORT="${REDIS_PORT:-63799}"
+# Each node's cluster bus is its port + 10000: keep both free.
+REDIS_CLUSTER_PORTS="${REDIS_CLUSTER_PORTS:-46301 46302 46303}"
 PG_USER="${PG_USER:-ctxapi-pg}"
 
 PG_LINK="$SERVICES/pg"
@@ -62,6 +66,8 @@ REDIS_LOG="$REDIS_DIR/redis.log"
 DATABASE_URL_OUT="postgres://postgres@127.0.0.1:${PG_PORT}/postgres"
 REPLICA_URL_OUT="postgres://postgres@127.0.0.1:${PG_REPLICA_PORT}/postgres"
 REDIS_URL_OUT="redis://127.0.0.1:${REDIS_PORT}"
+REDIS_CLUSTER_URL_OUT="$(for p in $REDIS_CLUSTER_PORTS; do printf 'redis://127.0.0.1:%s,' "$p"; done)"
+REDIS_CLUSTER_URL_OUT="${REDIS_CLUSTER_URL_OUT%,}"
 # Through the .services/pg link, wherever the Postgres area really is.
 PSQL_OUT="$PG_LINK/install/bin/psql"
 
@@ -435,6 +441,57 @@ status_redis() {
     return 3
 }
 
+# ------------------------------------------------------- Redis Cluster ----
+# Three masters, no replicas, no persistence, on loopback.
+
+cluster_ok() {
+    local p
+    for p in $REDIS_CLUSTER_PORTS; do
+        redis-cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+    done
+}
+
+start_redis_cluster() {
+    install_redis
+    if cluster_ok; then
+        log "redis cluster already running on $REDIS_CLUSTER_PORTS"
+        return 0
+    fi
+    stop_redis_cluster
+    local p dir nodes=()
+    for p in $REDIS_CLUSTER_PORTS; do
+        dir="$SERVICES/redis-cluster/$p"
+        rm -rf "$dir" && mkdir -p "$dir"
+        redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
+            --cluster-config-file "$dir/nodes.conf" --save '' --appendonly no --dir "$dir" \
+            --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null 2>&1 9>&- \
+            || die "redis-server (cluster node $p) failed to start (log: $dir/redis.log)"
+        nodes+=("127.0.0.1:$p")
+    done
+    for p in $REDIS_CLUSTER_PORTS; do
+        for _ in $(seq 1 50); do redis_ping "$p" && break; sleep 0.1; done
+        redis_ping "$p" || die "redis cluster node $p does not answer"
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$SERVICES/redis-cluster/create.log" 2>&1 \
+        || { tail -n 5 "$SERVICES/redis-cluster/create.log" >&2; die "redis-cli --cluster create failed"; }
+    # Every node must say ok: the first one can before a slot on another is served.
+    for _ in $(seq 1 100); do cluster_ok && break; sleep 0.1; done
+    cluster_ok || die "the redis cluster did not reach cluster_state:ok"
+    log "redis cluster ready on $REDIS_CLUSTER_PORTS"
+}
+
+stop_redis_cluster() {
+    local p pid
+    for p in $REDIS_CLUSTER_PORTS; do
+        pid=""
+        [[ -f "$SERVICES/redis-cluster/$p/redis.pid" ]] && pid="$(tr -dc '0-9' <"$SERVICES/redis-cluster/$p/redis.pid")"
+        [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true
+    done
+    for p in $REDIS_CLUSTER_PORTS; do
+        for _ in $(seq 1 50); do redis_ping "$p" || break; sleep 0.1; done
+    done
+}
+
 # ----------------------------------------------------------------- main ----
 
 # Serialise concurrent runs. Daemons started under the lock are spawned with
@@ -462,11 +519,21 @@ case "${1:-}" in
         with_lock
         stop_replica
         ;;
+    start-redis-cluster)
+        with_lock
+        start_redis_cluster
+        ;;
+    stop-redis-cluster)
+        [[ -d "$SERVICES" ]] || { log "nothing to stop"; exit 0; }
+        with_lock
+        stop_redis_cluster
+        ;;
     stop)
         [[ -d "$SERVICES" ]] || { log "nothing to stop"; exit 0; }
         with_lock
         rc=0
         stop_redis || rc=1
+        stop_redis_cluster || rc=1
         stop_replica || rc=1
         stop_pg || rc=1
         exit "$rc"
@@ -487,10 +554,11 @@ case "${1:-}" in
         printf 'export TEST_DATABASE_URL=%s\n' "$DATABASE_URL_OUT"
         printf 'export TEST_REDIS_URL=%s\n' "$REDIS_URL_OUT"
         printf 'export TEST_REPLICA_URL=%s\n' "$REPLICA_URL_OUT"
+        printf 'export TEST_REDIS_CLUSTER_URL=%s\n' "$REDIS_CLUSTER_URL_OUT"
         printf 'export PSQL=%s\n' "$PSQL_OUT"
         ;;
     *)
-        echo "usage: $0 start|stop|stop-pg|stop-redis|start-replica|stop-replica|status|env" >&2
+        echo "usage: $0 start|stop|stop-pg|stop-redis|start-replica|stop-replica|start-redis-cluster|stop-redis-cluster|status|env" >&2
         exit 2
         ;;
 esac

@@ -11,6 +11,7 @@
 //! In front of Redis sits an in-process tier ([`local`]), kept coherent by the
 //! invalidation messages that the put script publishes.
 
+mod backend;
 mod local;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+pub use backend::{Backend as RedisBackend, Conn as RedisConn};
+use backend::{Backend, Conn};
 use local::{Entry, Local};
 
 use crate::config::RedisSettings;
@@ -73,8 +75,8 @@ pub struct Cache {
 }
 
 struct Inner {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    client: Backend,
+    conn: OnceCell<Conn>,
     prefix: String,
     ttl: Duration,
     embedding_ttl: Duration,
@@ -112,7 +114,16 @@ impl Cache {
         let Some(url) = &settings.url else {
             return Ok(Self::disabled());
         };
-        let client = redis::Client::open(url.expose())?;
+        let client = Backend::open(url.expose(), settings.cluster, settings.op_timeout)?;
+        // The in-process tier's read-after-write rests on one subscriber
+        // seeing the invalidations and its own barriers in publication
+        // order; a cluster does not order messages published on different
+        // nodes, so with a cluster every read asks Redis.
+        let local_entries = if client.is_cluster() {
+            0
+        } else {
+            settings.local_entries
+        };
         Ok(Self {
             inner: Some(Arc::new(Inner {
                 client,
@@ -125,8 +136,8 @@ impl Cache {
                 throttle_script: Script::new(THROTTLE),
                 // Invalidation is the coherence; the TTL only bounds memory held
                 // by entries nobody reads.
-                local: (settings.local_entries > 0)
-                    .then(|| Local::new(settings.local_entries, settings.ttl.min(LOCAL_TTL))),
+                local: (local_entries > 0)
+                    .then(|| Local::new(local_entries, settings.ttl.min(LOCAL_TTL))),
                 channel: format!("{}invalidate", settings.key_prefix),
                 bypass_until_ms: AtomicU64::new(0),
                 started: std::time::Instant::now(),
@@ -266,7 +277,11 @@ impl Cache {
         let mut delay = Duration::from_millis(100);
         while !stop.is_cancelled() {
             let subscribed = async {
-                let mut pubsub = inner.client.get_async_pubsub().await?;
+                let client = inner
+                    .client
+                    .single()
+                    .expect("the in-process tier runs on one Redis");
+                let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(&inner.channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
@@ -486,16 +501,10 @@ impl Inner {
         self.bypass_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, CacheError> {
+    async fn connection(&self) -> Result<Conn, CacheError> {
         let conn = self
             .conn
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.op_timeout)
-                    .set_response_timeout(self.op_timeout)
-                    .set_number_of_retries(1);
-                ConnectionManager::new_with_config(self.client.clone(), config).await
-            })
+            .get_or_try_init(|| self.client.connect(self.op_timeout))
             .await?;
         Ok(conn.clone())
     }
@@ -503,7 +512,7 @@ impl Inner {
     /// Runs one operation within the cache's timeout (connecting counts too).
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         self.run_within(self.op_timeout * 2, op).await
@@ -511,7 +520,7 @@ impl Inner {
 
     async fn run_within<T, F, Fut>(&self, timeout: Duration, op: F) -> Result<T, CacheError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let work = async {

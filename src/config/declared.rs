@@ -89,6 +89,8 @@ settings! {
     redis_url: Option<Secret> = None;
     /// a file holding `REDIS_URL`
     redis_url_file: Option<PathBuf> = None;
+    /// `true`: `REDIS_URL` names a Redis Cluster (a node, or comma-separated nodes; a list of several implies it); see Scaling
+    redis_cluster: bool = false;
     /// when true, a Redis outage does not make `/ready` fail
     redis_optional: bool = false;
     /// bound on each cache operation; past it the cache is bypassed

@@ -74,6 +74,8 @@ pub struct DatabaseSettings {
 pub struct RedisSettings {
     /// `None` disables the cache entirely.
     pub url: Option<Secret>,
+    /// A Redis Cluster: `url` is one or more of its nodes, comma-separated.
+    pub cluster: bool,
     pub optional: bool,
     pub op_timeout: Duration,
     pub ttl: Duration,
@@ -396,13 +398,23 @@ impl DatabaseSettings {
 impl RedisSettings {
     fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
         let url = secret_or_file("REDIS_URL", &raw.redis_url, &raw.redis_url_file)?;
+        let mut cluster = raw.redis_cluster;
         if let Some(url) = &url {
-            if !url.expose().starts_with("redis://") && !url.expose().starts_with("rediss://") {
-                return Err(err("REDIS_URL", "must start with redis:// or rediss://"));
+            let nodes: Vec<&str> = url.expose().split(',').map(str::trim).collect();
+            if nodes
+                .iter()
+                .any(|u| !u.starts_with("redis://") && !u.starts_with("rediss://"))
+            {
+                return Err(err(
+                    "REDIS_URL",
+                    "must start with redis:// or rediss:// (each node of a cluster's list too)",
+                ));
             }
+            cluster |= nodes.len() > 1;
         }
         Ok(Self {
             url,
+            cluster,
             optional: raw.redis_optional,
             op_timeout: Duration::from_millis(raw.redis_pool_timeout_ms.max(1)),
             ttl: Duration::from_secs(raw.cache_ttl_seconds.max(1)),

@@ -133,6 +133,10 @@ impl Store {
     #[tracing::instrument(name = "store.begin_rebuild", level = "debug", skip(self))]
     pub async fn begin_rebuild(&self, target: &Target) -> Result<EmbeddingState, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // DROP ... IF EXISTS of what a first run lacks says so in notices.
+        sqlx::query("SET LOCAL client_min_messages = warning")
+            .execute(&mut *tx)
+            .await?;
         let current: (Option<String>, Option<i32>) =
             sqlx::query_as("SELECT target_model, target_dim FROM embedding_state FOR UPDATE")
                 .fetch_one(&mut *tx)

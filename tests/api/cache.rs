@@ -266,3 +266,52 @@ async fn after_a_redis_failure_reads_skip_redis_for_a_while() {
         "the read went to Redis: {before} -> {after}"
     );
 }
+
+#[tokio::test]
+async fn reads_stay_current_across_instances_on_one_redis_and_on_a_cluster() {
+    let a = spawn_app().await;
+    let b = a.sibling().await;
+    // With a cluster there is no in-process tier: a cluster does not order
+    // pub/sub messages across nodes, which its read barrier relies on.
+    let tier = if crate::helpers::redis_cluster() {
+        "disabled"
+    } else {
+        "live"
+    };
+    for app in [&a, &b] {
+        crate::helpers::eventually(std::time::Duration::from_secs(5), || async {
+            (app.ready_json().await["checks"]["cache_local"] == tier).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(a.ready_json().await["checks"]["redis"], "ok");
+    let c = a
+        .create(
+            a.alice.id,
+            json!({"context_type": "note", "content": {"text": "x"}, "metadata": {"v": 0}}),
+        )
+        .await;
+    let id = c["id"].as_str().unwrap();
+    for v in 1..=20 {
+        let (writer, reader) = if v % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let resp = writer
+            .req(Method::PATCH, &format!("/contexts/{id}"))
+            .json(&json!({"metadata": {"v": v}}))
+            .sent()
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            metadata_of(reader, id).await,
+            json!({"v": v}),
+            "read after write, across instances"
+        );
+    }
+    // The entry is in Redis (in a cluster, on its slot's node).
+    let mut redis = a.redis().await;
+    let raw: Option<String> = redis::cmd("GET")
+        .arg(format!("{}ctx:{id}", a.prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(raw.is_some_and(|r| r.contains("\"v\":20")));
+}

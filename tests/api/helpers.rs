@@ -49,6 +49,12 @@ pub fn redis_url() -> String {
     })
 }
 
+/// TEST_REDIS_CLUSTER=1: TEST_REDIS_URL lists a Redis Cluster's nodes
+/// (scripts/test.sh runs the suite a second time so).
+pub fn redis_cluster() -> bool {
+    std::env::var("TEST_REDIS_CLUSTER").is_ok_and(|v| v == "1")
+}
+
 /// The schema the tests migrate for: `dim`, and the default text-search configuration.
 pub fn schema(dim: usize) -> context_api::store::Schema {
     context_api::store::Schema {
@@ -191,6 +197,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         ("bind_address".into(), json!("127.0.0.1:0")),
         ("database_url".into(), json!(db.url)),
         ("redis_url".into(), json!(redis_url())),
+        ("redis_cluster".into(), json!(redis_cluster())),
         ("cache_key_prefix".into(), json!(prefix)),
         ("embedding_service_url".into(), json!(tei.url())),
         ("embedding_dim".into(), json!(options.dim)),
@@ -407,12 +414,17 @@ impl TestApp {
             .await
     }
 
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(redis_url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("Redis is reachable at TEST_REDIS_URL: ./scripts/services.sh start")
+    /// A connection to the tests' Redis, or to their Redis Cluster.
+    pub async fn redis(&self) -> context_api::cache::RedisConn {
+        context_api::cache::RedisBackend::open(
+            &redis_url(),
+            redis_cluster(),
+            Duration::from_secs(2),
+        )
+        .unwrap()
+        .connect(Duration::from_secs(2))
+        .await
+        .expect("Redis is reachable at TEST_REDIS_URL: ./scripts/services.sh start")
     }
 }
 

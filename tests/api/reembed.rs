@@ -166,10 +166,14 @@ async fn a_change_from_384_to_768_dimensions_under_load_fails_no_search_and_leav
         during >= 50,
         "the load ran through the rebuild: {during} searches"
     );
+    eprintln!(
+        "reembed under load: {during} searches (and their creates) during the rebuild, 0 failed"
+    );
 
     // Every row has the new model's vector: none left behind, written during the rebuild or not.
     let rows = scalar_i64(&a, "SELECT count(*) FROM contexts").await;
     assert!(rows > 400, "rows were written during the rebuild: {rows}");
+    eprintln!("reembed under load: {rows} rows after it (400 before), all 768-d of the new model");
     let done = scalar_i64(
         &a,
         &format!(
