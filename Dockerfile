@@ -48,7 +48,7 @@ COPY assets ./assets
 RUN --mount=type=cache,id=context-api-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=context-api-cargo-git,target=/usr/local/cargo/git \
     cargo build --release --locked --no-default-features \
-    && install -D -m 0755 target/release/context-api /out/context-api \
+    && install -D -m 0755 -s target/release/context-api /out/context-api \
     && /out/context-api --help >/dev/null
 
 # ---------------------------------------------------------------------- dev --
