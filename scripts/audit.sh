@@ -3,7 +3,10 @@
 # database, the licence policy and the allowed sources (deny.toml), with
 # cargo-deny, offline.
 #
-#   scripts/audit.sh
+#   scripts/audit.sh           # every crate of the workspace, all features
+#   scripts/audit.sh --image   # advisories only, for the crates of the image's
+#                              # binary (the Dockerfile's features, no dev
+#                              # dependencies); scripts/sbom.sh runs it
 #
 # The machines reach no advisory feed, so the database is a local copy:
 # ADVISORY_DB, else ../shared/advisory-db/db beside the checkout, else
@@ -43,6 +46,16 @@ log "advisory database: $db (a snapshot${snapshot:+ of $snapshot}: advisories ne
 cargo fetch --locked --quiet
 # The policy, with the copy as its database.
 sed "s|^\[advisories\]$|[advisories]\ndb-path = \"$work\"|" deny.toml >"$work/deny.toml"
+if [[ "${1:-}" == --image ]]; then
+    # As the Dockerfile builds it: the root package alone, without the default
+    # feature (the in-process model), without dev-dependencies.
+    n="$(cargo tree --locked --offline -p context-api --no-default-features -e normal --prefix none --format '{p}' \
+        | sort -u | wc -l)"
+    cargo deny --log-level warn --offline --locked --no-default-features --exclude-dev \
+        --config "$work/deny.toml" check advisories
+    ok "no known vulnerability in the image binary's dependency graph ($n crates, over every target)"
+    exit 0
+fi
 cargo deny --log-level warn --offline --locked --workspace --all-features \
     --config "$work/deny.toml" check advisories licenses bans sources
 ok "no known vulnerability, licence or source outside deny.toml's policy ($(grep -c '^name = ' Cargo.lock) crates)"
