@@ -65,7 +65,7 @@ teardown() {
         kill "$SERVICE_PID" 2>/dev/null || true
         wait "$SERVICE_PID" 2>/dev/null || true
     fi
-    rm -f "$STACK_DIR/stack.env"
+    rm -f "$STACK_DIR/stack.env" "$STACK_DIR/prod.env"
     return "$rc"
 }
 trap teardown EXIT
@@ -113,6 +113,90 @@ wait_healthy() { # service timeout
         sleep 1
     done
     die "$1 did not become healthy within $2 s (last status: ${status:-no container})"
+}
+
+# The production stack (docker-compose.prod.yml, without backup, Prometheus
+# and Grafana, whose images have no stand-in) behind Caddy on a loopback port:
+# scripts/rollout.sh moves every replica to a second image while four clients
+# send creates, reads, searches and lists through Caddy. Not one request may
+# fail, every acknowledged write must read back, and every replica must run
+# the new image at the end.
+rollout_test() {
+    phase "production stack: rolling update under load (scripts/rollout.sh)"
+    build_caddy
+    local next="context-api:next" next_id rev
+    rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    # The same binary under another revision label: another image, in seconds.
+    # (A build argument alone is no change to podman's layer cache.)
+    rm -rf "$STACK_DIR/ctx-next" && mkdir -p "$STACK_DIR/ctx-next"
+    printf 'FROM %s\nLABEL org.opencontainers.image.revision="%s-next"\n' "$IMAGE" "$rev" >"$STACK_DIR/ctx-next/Containerfile"
+    podman build --format docker -t "$next" "$STACK_DIR/ctx-next" >"$STACK_DIR/build-next.log" 2>&1 \
+        || { tail -n 20 "$STACK_DIR/build-next.log" >&2; die "podman build of the second image failed"; }
+    next_id="$(podman image inspect --format '{{.Id}}' "$next")"
+    [[ "$next_id" != "$(podman image inspect --format '{{.Id}}' "$IMAGE")" ]] || die "the second image is the first one"
+
+    local port key pg rd
+    port="$(free_port)" key="$(random_hex 32)" pg="$(random_hex 16)" rd="$(random_hex 16)"
+    umask 077
+    cat >"$STACK_DIR/prod.env" <<EOF
+POSTGRES_PASSWORD=$pg
+REDIS_PASSWORD=$rd
+DATABASE_URL=postgres://context:$pg@db:5432/context
+REDIS_URL=redis://default:$rd@redis:6379
+API_KEYS=$(admin_api_keys "$key")
+GRAFANA_ADMIN_PASSWORD=$(random_hex 16)
+DOMAIN=:80
+GRAFANA_DOMAIN=http://grafana.localhost
+EOF
+    umask 022
+    # Only the published port differs from production: loopback, and free.
+    cat >"$STACK_DIR/prod.override.yml" <<EOF
+services:
+  caddy:
+    ports: !override
+      - "127.0.0.1:$port:80"
+EOF
+    COMPOSE_ARGS=(-f docker-compose.yml -f docker-compose.prod.yml -f "$STACK_DIR/prod.override.yml"
+                  -p "$PROJECT" --env-file "$STACK_DIR/prod.env")
+    DOCKER_HOST="unix://$SOCK" timeout 600 "$COMPOSE" "${COMPOSE_ARGS[@]}" up -d --no-build --pull never \
+        caddy context-api context-api-2 context-api-3 >&2 || die "docker compose up of the production stack failed"
+    local svc
+    for svc in context-api context-api-2 context-api-3 caddy; do wait_healthy "$svc" 120; done
+    local base="http://127.0.0.1:$port"
+    for _ in $(seq 1 30); do curl -sf "$base/ready" >/dev/null && break; sleep 1; done
+    curl -sf "$base/ready" >/dev/null || die "/ready through Caddy on $base does not answer 200"
+    sleep 3   # a round of Caddy's active health checks on all three replicas
+    ok "production stack up: Caddy on $base, three replicas healthy"
+
+    rm -f "$STACK_DIR/rollout.stop"
+    python3 scripts/lib/rollout_load.py "$port" "$key" "$STACK_DIR/rollout.stop" "$STACK_DIR/rollout-load.json" \
+        2>"$STACK_DIR/rollout-load.log" &
+    local load_pid=$! t_roll=$SECONDS
+    sleep 5
+    if ! DOCKER_HOST="unix://$SOCK" COMPOSE="$COMPOSE" COMPOSE_ARGS="${COMPOSE_ARGS[*]}" \
+        scripts/rollout.sh --image "$next"; then
+        touch "$STACK_DIR/rollout.stop"
+        wait "$load_pid" || true
+        die "scripts/rollout.sh failed"
+    fi
+    sleep 3
+    touch "$STACK_DIR/rollout.stop"
+    t_roll=$((SECONDS - t_roll))
+    local load_rc=0
+    wait "$load_pid" || load_rc=$?
+    [[ -s "$STACK_DIR/rollout-load.json" ]] || { cat "$STACK_DIR/rollout-load.log" >&2; die "the load generator wrote no summary"; }
+    local summary
+    summary="$(jq -c '{requests, failed_requests, failures_by_kind, acknowledged_writes, acknowledged_writes_read_back, p50_ms, p99_ms, max_ms}' "$STACK_DIR/rollout-load.json")"
+    [[ "$load_rc" == 0 ]] || die "requests failed or writes went missing during the rollout: $summary"
+    ok "load for ${t_roll}s across the rollout, through Caddy: $summary"
+
+    local id image
+    for svc in context-api context-api-2 context-api-3; do
+        id="$(container_of "$svc")"
+        image="$(podman inspect --format '{{.Image}}' "$id")"
+        [[ "$image" == "$next_id" ]] || die "$svc runs image $image, not the new $next_id"
+    done
+    ok "every replica runs the new image ($next)"
 }
 
 main() {
@@ -242,6 +326,11 @@ EOF
     ((elapsed >= 2)) || die "the API stopped in ${elapsed}s, before the slow request could have finished"
     podman logs "$api" 2>&1 | grep -q '"status":201' || log "(note: no access log line with status 201 found)"
     ok "stop with a request in flight: request 201, exit 0 after ${elapsed}s (grace 30 s)"
+
+    log "taking the development stack down"
+    compose down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1 || die "docker compose down failed"
+
+    rollout_test
 
     phase "teardown"
     teardown

@@ -139,6 +139,12 @@ build_standins() {
     build_simple ghcr.io/huggingface/text-embeddings-inference:cpu-1.7 "$STANDINS/tei" "$tei_stub"
 }
 
+# Caddy is only in the production stack (docker-compose.prod.yml), which the
+# rollout test runs.
+build_caddy() {
+    build_simple docker.io/library/caddy:2.8.4-alpine "$STANDINS/caddy"
+}
+
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     set -euo pipefail
     exec </dev/null

@@ -145,11 +145,30 @@ for name in ("caddy_data", "caddy_config"):
 for name in ("db", "redis", "embeddings"):
     check(nets(s[name]) == {"backend"}, f"prod: {name} must be on the backend network only, is on {sorted(nets(s[name]))}")
 check(nets(s.get("caddy", {})) == {"frontend"}, f"prod: caddy must be on the frontend only, is on {sorted(nets(s['caddy']))}")
-check(nets(s["context-api"]) == {"frontend", "backend"}, "prod: the API joins frontend and backend")
-replicas = (s["context-api"].get("deploy") or {}).get("replicas", 1)
-check(int(replicas) >= 2, f"prod: the API runs {replicas} replica(s)")
+# The API replicas: every service that runs the API image's server (not
+# migrate). Each is its own service with a stable alias, so that Caddy's
+# upstream list is fixed and scripts/rollout.sh can replace one at a time.
+API_REPLICAS = sorted(n for n, v in s.items()
+                      if str(v.get("image", "")).startswith(str(s["context-api"].get("image"))) and n not in ONE_OFF)
+check(len(API_REPLICAS) >= 2, f"prod: the API runs {len(API_REPLICAS)} replica service(s): {API_REPLICAS}")
+aliases = {}
+for name in API_REPLICAS:
+    r = s[name]
+    check(nets(r) == {"frontend", "backend"}, f"prod: {name} must join frontend and backend")
+    check(int((r.get("deploy") or {}).get("replicas", 1)) == 1,
+          f"prod: {name} must run one container (a scaled service is recreated all at once)")
+    for a in ((r.get("networks") or {}).get("frontend") or {}).get("aliases") or []:
+        aliases.setdefault(a, []).append(name)
+    check(r.get("environment") == s["context-api"].get("environment"), f"prod: {name}'s environment differs from context-api's")
+    check(r.get("healthcheck") == s["context-api"].get("healthcheck"), f"prod: {name}'s healthcheck differs")
+    check(r.get("stop_grace_period") == s["context-api"].get("stop_grace_period"), f"prod: {name}'s grace period differs")
 upstreams = s.get("caddy", {}).get("environment", {}).get("API_UPSTREAMS", "").split()
-check(len(upstreams) == int(replicas), f"prod: Caddy lists {len(upstreams)} upstreams for {replicas} replicas")
+hosts = [u.rsplit(":", 1)[0] for u in upstreams]
+check(len(upstreams) == len(API_REPLICAS), f"prod: Caddy lists {len(upstreams)} upstreams for {len(API_REPLICAS)} replicas")
+for h in hosts:
+    check(len(aliases.get(h, [])) == 1, f"prod: Caddy's upstream {h} must be the alias of exactly one replica, is of {aliases.get(h, [])}")
+check(sorted(aliases.get("context-api", []) + ["context-api"]) == API_REPLICAS,
+      "prod: every replica must answer to `context-api` on the frontend (Prometheus resolves it)")
 check("backup" in s, "prod: no backup service")
 if "backup" in s:
     benv = s["backup"].get("environment", {})
@@ -189,7 +208,7 @@ for name, svc in s.items():
         if isinstance(v, str) and re.search(r"://[^/\s]*:[^@/\s]+@", v):
             check(False, f"prod: {name} has credentials in {k}")
 wanted = {
-    "context-api": {"database_url", "redis_url", "api_keys"},
+    **{name: {"database_url", "redis_url", "api_keys"} for name in API_REPLICAS},
     "migrate": {"database_url"},
     "db": {"postgres_password"},
     "redis": {"redis_password"},
