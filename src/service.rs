@@ -129,11 +129,17 @@ impl Contexts {
     /// rebuild and its progress) and publishes it as gauges.
     pub async fn refresh_vectors(&self) -> Result<EmbeddingState, ServiceError> {
         let state = self.store.embedding_state().await?;
+        self.publish_vectors(state.clone());
+        Ok(state)
+    }
+
+    /// Takes `state` (just read from the database) as what it says of its
+    /// vectors, and publishes it as gauges.
+    pub fn publish_vectors(&self, state: EmbeddingState) {
         metrics::gauge!("reembed_in_progress").set(if state.target.is_some() { 1.0 } else { 0.0 });
         metrics::gauge!("reembed_rows_done").set(state.rows_done as f64);
         metrics::gauge!("reembed_rows_total").set(state.rows_total as f64);
-        *self.vectors.write().expect("vectors lock") = state.clone();
-        Ok(state)
+        *self.vectors.write().expect("vectors lock") = state;
     }
 
     /// What the database last said of its vectors.
@@ -257,13 +263,17 @@ impl Contexts {
         let mut retried = false;
         loop {
             let roles = self.roles();
+            // The current and the rebuild's vectors are made at the same time.
+            let current = async {
+                match (&roles.current, given) {
+                    (Some(current), false) => Some(self.try_embed(current, &new.text).await),
+                    _ => None,
+                }
+            };
+            let (current, next) = tokio::join!(current, self.embed_next(&roles, &new.text));
             if !given {
-                (new.embedding, new.embedding_model) = match &roles.current {
-                    Some(current) => self.try_embed(current, &new.text).await,
-                    None => (None, None),
-                };
+                (new.embedding, new.embedding_model) = current.unwrap_or((None, None));
             }
-            let next = self.embed_next(&roles, &new.text);
             let ctx = match self.store.insert(&new).await {
                 Err(e) if !retried && !given && self.switched(&e, &roles.seen).await => {
                     retried = true;
@@ -271,7 +281,7 @@ impl Contexts {
                 }
                 other => other?,
             };
-            self.write_next(&[(&ctx, next.await)]).await;
+            self.write_next(&[(&ctx, next)]).await;
             self.after_write(&ctx).await;
             return Ok(ctx);
         }
@@ -483,16 +493,19 @@ impl Contexts {
                 (None, None) => current.text.clone(),
             };
             let text_changed = text != current.text;
-            let embedding = match (&patch.embedding, &roles.current) {
-                (Some(e), _) => EmbeddingChange::Set(e.as_slice().to_vec(), None),
-                (None, Some(embedder)) if text_changed => {
-                    match self.try_embed(embedder, &text).await {
-                        (Some(e), model) => EmbeddingChange::Set(e.into_vec(), model),
-                        (None, _) => EmbeddingChange::Pending,
+            // The current and the rebuild's vectors are made at the same time.
+            let embedding = async {
+                match (&patch.embedding, &roles.current) {
+                    (Some(e), _) => EmbeddingChange::Set(e.as_slice().to_vec(), None),
+                    (None, Some(embedder)) if text_changed => {
+                        match self.try_embed(embedder, &text).await {
+                            (Some(e), model) => EmbeddingChange::Set(e.into_vec(), model),
+                            (None, _) => EmbeddingChange::Pending,
+                        }
                     }
+                    (None, None) if text_changed => EmbeddingChange::Pending,
+                    (None, _) => EmbeddingChange::Keep,
                 }
-                (None, None) if text_changed => EmbeddingChange::Pending,
-                (None, _) => EmbeddingChange::Keep,
             };
             let next = async {
                 match text_changed {
@@ -500,6 +513,7 @@ impl Contexts {
                     false => None,
                 }
             };
+            let (embedding, next) = tokio::join!(embedding, next);
             let replacement = Replacement {
                 context_type: patch
                     .context_type
@@ -523,7 +537,7 @@ impl Contexts {
                 other => other?,
             };
             if let Some(updated) = written {
-                self.write_next(&[(&updated, next.await)]).await;
+                self.write_next(&[(&updated, next)]).await;
                 self.after_write(&updated).await;
                 return Ok(updated);
             }

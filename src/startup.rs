@@ -15,7 +15,7 @@ use crate::embeddings::{Embedder, EmbedderState};
 use crate::routes::{self, Admission};
 use crate::service::Contexts;
 use crate::state::{AppState, AuthState, Lifecycle, Shared};
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, EmbeddingState, Store, StoreError};
 use crate::{telemetry, workers};
 
 /// How often the metrics recorder drains its histogram buffers.
@@ -72,7 +72,7 @@ pub async fn contexts(settings: &Settings, migrate: bool) -> Result<Contexts, St
         store::migrate(store.pool(), &schema).await?;
     }
     let previous_dim = settings.embeddings.previous.as_ref().map(|(_, d)| *d);
-    check_schema(&store, &schema, previous_dim).await?;
+    let vectors = check_schema(&store, &schema, previous_dim).await?;
     store.check_replicas().await;
     let cache = Cache::new(&settings.redis)?;
     let embedder = Embedder::build(&settings.embeddings).await?;
@@ -88,10 +88,7 @@ pub async fn contexts(settings: &Settings, migrate: bool) -> Result<Contexts, St
         settings.search.fusion,
     )
     .with_previous(previous);
-    contexts.refresh_vectors().await.map_err(|e| match e {
-        crate::service::ServiceError::Store(e) => StartupError::Database(e),
-        _ => StartupError::NotMigrated,
-    })?;
+    contexts.publish_vectors(vectors);
     Ok(contexts)
 }
 
@@ -103,21 +100,19 @@ pub async fn check_schema(
     store: &Store,
     schema: &store::Schema,
     previous_dim: Option<usize>,
-) -> Result<(), StartupError> {
+) -> Result<EmbeddingState, StartupError> {
     let dim = schema.dim;
-    let column = store
-        .column_dimension()
-        .await?
-        .ok_or(StartupError::NotMigrated)?;
+    // Fails (no table, no column, no state row) until the migrations ran.
     let vectors = store
         .embedding_state()
         .await
         .map_err(|_| StartupError::NotMigrated)?;
-    let previous_fits = previous_dim == Some(column as usize);
+    let column = vectors.active_dim;
+    let previous_fits = previous_dim == Some(column);
     let rebuilding_for_it = vectors.target.as_ref().is_some_and(|t| t.dim == dim);
-    if column as usize != dim && !previous_fits && !rebuilding_for_it {
+    if column != dim && !previous_fits && !rebuilding_for_it {
         return Err(StartupError::DimensionMismatch {
-            column,
+            column: column as i32,
             configured: dim,
         });
     }
@@ -129,7 +124,7 @@ pub async fn check_schema(
                 configured: schema.text_search_config.clone(),
             })
         }
-        Some(_) => Ok(()),
+        Some(_) => Ok(vectors),
     }
 }
 

@@ -133,18 +133,6 @@ impl Store {
         self.dim.store(dim, Ordering::Relaxed);
     }
 
-    /// The declared dimension of `contexts.embedding`; `None` when the table is missing.
-    pub async fn column_dimension(&self) -> Result<Option<i32>, StoreError> {
-        // pgvector stores the dimension as the column's type modifier.
-        let dim = sqlx::query_scalar!(
-            "SELECT a.atttypmod FROM pg_attribute a
-             WHERE a.attrelid = to_regclass('contexts') AND a.attname = 'embedding' AND NOT a.attisdropped",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(dim)
-    }
-
     /// The text-search configuration `contexts.embedding_tsv` is generated
     /// with; `None` when that column is missing (migration 4 has not run).
     pub async fn column_text_search_config(&self) -> Result<Option<String>, StoreError> {

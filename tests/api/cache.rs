@@ -1,7 +1,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_app, SendExt};
+use crate::helpers::{assert_problem, metric, spawn_app, SendExt};
 
 async fn metadata_of(app: &crate::helpers::TestApp, id: &str) -> Value {
     let resp = app.get(id).await;
@@ -237,22 +237,8 @@ async fn after_a_redis_failure_reads_skip_redis_for_a_while() {
             .set("redis_optional", true),
     )
     .await;
-    let bypassed = |text: String| {
-        text.lines()
-            .find(|l| l.starts_with("cache_bypassed_total"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let metrics = || async {
-        app.client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let bypassed = |text: String| metric(&text, "cache_bypassed_total");
+    let metrics = || app.metrics();
     // The create's cache write fails: reads now bypass Redis.
     let c = app
         .create(app.alice.id, serde_json::json!({"content": {"text": "x"}}))

@@ -99,25 +99,29 @@ impl TestDb {
     }
 }
 
+/// Runs `statement` on `url`, ignoring failures, from a `Drop`: drop may run
+/// inside a runtime, so the async work gets a thread and a runtime of its own.
+pub fn execute_on_drop(url: String, statement: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            if let Ok(mut conn) = PgConnection::connect(&url).await {
+                let _ = sqlx::query(&statement).execute(&mut conn).await;
+            }
+        });
+    })
+    .join();
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let name = self.name.clone();
-        // Drop may run inside a runtime: do the async work on a thread of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
+        execute_on_drop(
+            self.admin_url.clone(),
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
     }
 }
 
@@ -342,6 +346,17 @@ impl TestApp {
             .await
     }
 
+    /// The Prometheus exposition of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .sent()
+            .await
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// GET `path` with the admin key; the JSON body, whatever the status.
     pub async fn get_json(&self, path: &str) -> Value {
         self.req(Method::GET, path)
@@ -541,4 +556,25 @@ pub async fn wait_healthy(client: &reqwest::Client, base: &str) {
             .map(|_| ())
     })
     .await;
+}
+
+/// The value of the first sample in `exposition` whose line starts with
+/// `name` (with its labels, if given); 0 when there is none.
+pub fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The ids of a search answer's results, in order.
+pub fn result_ids(body: &Value) -> Vec<String> {
+    body["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no results in {body}"))
+        .iter()
+        .map(|r| r["context"]["id"].as_str().unwrap().to_owned())
+        .collect()
 }

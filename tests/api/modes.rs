@@ -5,16 +5,9 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with, Options, TestApp, DIM};
-
-fn ids(body: &Value) -> Vec<String> {
-    body["results"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no results in {body}"))
-        .iter()
-        .map(|r| r["context"]["id"].as_str().unwrap().to_owned())
-        .collect()
-}
+use crate::helpers::{
+    assert_problem, result_ids as ids, spawn_app, spawn_app_with, Options, TestApp, DIM,
+};
 
 fn scores(body: &Value) -> Vec<f64> {
     body["results"]

@@ -196,14 +196,7 @@ async fn a_change_from_384_to_768_dimensions_under_load_fails_no_search_and_leav
     assert_eq!(ready["checks"]["reembed"]["state"], "idle", "{ready}");
     assert_eq!(ready["checks"]["reembed"]["model"], NEW_MODEL, "{ready}");
     assert_eq!(ready["checks"]["reembed"]["dim"], NEW_DIM, "{ready}");
-    let metrics = b
-        .client
-        .get(b.url("/metrics"))
-        .sent()
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = b.metrics().await;
     assert!(metrics.contains("reembed_in_progress 0"), "{metrics}");
     let created = b
         .create(

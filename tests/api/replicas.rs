@@ -7,7 +7,10 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, replace_db, spawn_app_with, Options, SendExt, TestApp};
+use crate::helpers::{
+    eventually, execute_on_drop, metric, replace_db, result_ids, spawn_app_with, Options, SendExt,
+    TestApp,
+};
 
 fn replica_admin_url() -> String {
     std::env::var("TEST_REPLICA_URL").unwrap_or_else(|_| {
@@ -42,25 +45,11 @@ async fn search_ids(app: &TestApp, query: &str) -> Vec<String> {
         .search(json!({"query": query, "mode": "text", "user_id": app.alice.id, "k": 50}))
         .await;
     assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
-    body["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["context"]["id"].as_str().unwrap().to_owned())
-        .collect()
+    result_ids(&resp.json().await.unwrap())
 }
 
 async fn replica_state(app: &TestApp) -> Value {
     app.ready_json().await["checks"]["postgres_replicas"][0].clone()
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -104,14 +93,7 @@ async fn searches_go_to_a_replica_in_bounds_and_to_the_primary_otherwise() {
     // is not found there; the GET of it, on the primary, is never stale.
     on_replica("SELECT pg_wal_replay_pause()").await;
     let paused = ResumeReplay;
-    let metrics_before = app
-        .client
-        .get(app.url("/metrics"))
-        .sent()
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics_before = app.metrics().await;
     for i in 0..20 {
         let created = app
             .create(
@@ -146,14 +128,7 @@ async fn searches_go_to_a_replica_in_bounds_and_to_the_primary_otherwise() {
         1,
         "the list ran on the replica: {listed}"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .sent()
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let replica_reads = r#"db_reads_total{pool="replica"}"#;
     assert!(
         metric(&metrics, replica_reads) >= metric(&metrics_before, replica_reads) + 2.0,
@@ -216,22 +191,7 @@ struct ResumeReplay;
 
 impl Drop for ResumeReplay {
     fn drop(&mut self) {
-        let url = replica_admin_url();
-        // Drop may run inside a runtime: a thread of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(pool) = sqlx::PgPool::connect(&url).await {
-                    let _ = sqlx::query("SELECT pg_wal_replay_resume()")
-                        .execute(&pool)
-                        .await;
-                }
-            });
-        })
-        .join();
+        execute_on_drop(replica_admin_url(), "SELECT pg_wal_replay_resume()".into());
     }
 }
 

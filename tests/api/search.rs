@@ -1,7 +1,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, cosine, spawn_app, SendExt, DIM};
+use crate::helpers::{assert_problem, cosine, result_ids as ids, spawn_app, SendExt, DIM};
 
 /// Deterministic pseudo-random vectors (xorshift), no two alike.
 fn vectors(n: usize, seed: u64) -> Vec<Vec<f32>> {
@@ -17,15 +17,6 @@ fn vectors(n: usize, seed: u64) -> Vec<Vec<f32>> {
                 })
                 .collect()
         })
-        .collect()
-}
-
-fn ids(body: &Value) -> Vec<String> {
-    body["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["context"]["id"].as_str().unwrap().to_owned())
         .collect()
 }
 
