@@ -65,13 +65,8 @@ fi
     || die "found ${#services[@]} API replica service(s) (${services[*]:-none}): a rollout without downtime needs at least two"
 
 container_of() { compose ps -a -q "$1" 2>/dev/null | head -n1; }
-exit_code_of() { # service
-    compose ps -a --format json "$1" 2>/dev/null | python3 -c '
-import json, sys
-text = sys.stdin.read().strip()
-rows = json.loads(text) if text.startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
-print(rows[0].get("ExitCode", "") if rows else "")'
-}
+# A container's field, by compose's Go template (e.g. ExitCode, Image).
+field_of() { compose ps -a --format "{{.$2}}" "$1" 2>/dev/null | head -n1; }
 
 wait_ready() { # service
     local t0=$SECONDS
@@ -85,14 +80,11 @@ wait_ready() { # service
 }
 
 T0=$SECONDS
-image="$(compose config --format json | python3 -c '
-import json, sys
-print(json.load(sys.stdin)["services"]["'"${services[0]}"'"]["image"])')"
-log "rolling ${#services[@]} replicas (${services[*]}) to $image"
+log "rolling ${#services[@]} replicas (${services[*]})${CONTEXT_API_IMAGE:+ to $CONTEXT_API_IMAGE}"
 
 if [[ "$MIGRATE" == 1 ]]; then
-    log "migrate (with $image)"
-    compose run --rm --no-deps -T migrate >&2 || die "migrate failed with $image: no replica was touched"
+    log "migrate (with the new configuration)"
+    compose run --rm --no-deps -T migrate >&2 || die "migrate failed: no replica was touched"
 fi
 
 for svc in "${services[@]}"; do
@@ -100,7 +92,7 @@ for svc in "${services[@]}"; do
     old="$(container_of "$svc")"
     if [[ -n "$old" ]]; then
         compose stop "$svc" >/dev/null 2>&1 || die "docker compose stop $svc failed"
-        code="$(exit_code_of "$svc")"
+        code="$(field_of "$svc" ExitCode)"
         [[ "$code" == 0 ]] || die "$svc exited with status '${code}' after SIGTERM, not 0: it did not drain cleanly"
         log "$svc drained and stopped in $((SECONDS - t)) s (exit 0)"
     fi
@@ -108,9 +100,9 @@ for svc in "${services[@]}"; do
         || die "docker compose up $svc failed"
     if ! wait_ready "$svc"; then
         compose logs --no-color --tail 30 "$svc" >&2 || true
-        die "$svc with $image was not ready within ${READY_TIMEOUT} s; the replicas after it still run the old image"
+        die "$svc was not ready within ${READY_TIMEOUT} s; the replicas after it still run the old image"
     fi
     sleep "$SETTLE"
-    log "$svc replaced and ready in $((SECONDS - t)) s"
+    log "$svc replaced and ready in $((SECONDS - t)) s, on $(field_of "$svc" Image)"
 done
-log "all ${#services[@]} replicas run $image ($((SECONDS - T0)) s)"
+log "all ${#services[@]} replicas replaced ($((SECONDS - T0)) s)"
