@@ -265,14 +265,14 @@ impl Contexts {
             let roles = self.roles();
             // The current and the rebuild's vectors are made at the same time.
             let current = async {
-                match (&roles.current, given) {
-                    (Some(current), false) => Some(self.try_embed(current, &new.text).await),
-                    _ => None,
+                match &roles.current {
+                    Some(current) if !given => self.try_embed(current, &new.text).await,
+                    _ => (None, None),
                 }
             };
             let (current, next) = tokio::join!(current, self.embed_next(&roles, &new.text));
             if !given {
-                (new.embedding, new.embedding_model) = current.unwrap_or((None, None));
+                (new.embedding, new.embedding_model) = current;
             }
             let ctx = match self.store.insert(&new).await {
                 Err(e) if !retried && !given && self.switched(&e, &roles.seen).await => {

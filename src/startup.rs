@@ -102,11 +102,12 @@ pub async fn check_schema(
     previous_dim: Option<usize>,
 ) -> Result<EmbeddingState, StartupError> {
     let dim = schema.dim;
-    // Fails (no table, no column, no state row) until the migrations ran.
-    let vectors = store
-        .embedding_state()
-        .await
-        .map_err(|_| StartupError::NotMigrated)?;
+    // The statement fails (no table, no column, no state row) until the
+    // migrations ran; a database that cannot answer is another matter.
+    let vectors = store.embedding_state().await.map_err(|e| match e {
+        StoreError::Unavailable(_) => StartupError::Database(e),
+        StoreError::Database(_) => StartupError::NotMigrated,
+    })?;
     let column = vectors.active_dim;
     let previous_fits = previous_dim == Some(column);
     let rebuilding_for_it = vectors.target.as_ref().is_some_and(|t| t.dim == dim);
