@@ -6,7 +6,7 @@ use sqlx::types::Json;
 use sqlx::{FromRow, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, VectorPlan};
 use crate::domain::{
     Context, ContextId, EmbeddingStatus, Fusion, JsonObject, ListQuery, NewContext, Ranking,
     SearchFilter, TopK, UserId,
@@ -343,8 +343,10 @@ impl Store {
 
     /// The k best visible contexts by `ranking`, best first, with their
     /// scores. One statement, one round trip: see [`search_query`],
-    /// [`text_search_query`] and [`hybrid_search_query`].
-    #[tracing::instrument(name = "store.search", level = "debug", skip_all, fields(k = k.get(), mode = ranking.mode().as_str()))]
+    /// [`text_search_query`] and [`hybrid_search_query`]. A vector search
+    /// filtered to one user takes the plan its size calls for (see
+    /// [`VectorPlan`]).
+    #[tracing::instrument(name = "store.search", level = "debug", skip_all, fields(k = k.get(), mode = ranking.mode().as_str(), plan))]
     pub async fn search(
         &self,
         ranking: &Ranking,
@@ -352,16 +354,25 @@ impl Store {
         k: TopK,
     ) -> Result<Vec<(Context, f32)>, StoreError> {
         let config = self.text_search_config.as_str();
+        let plan = match ranking {
+            Ranking::Text(_) => None,
+            Ranking::Vector(_) | Ranking::Hybrid { .. } => Some(self.vector_plan(filter).await),
+        };
+        if let Some(plan) = plan {
+            tracing::Span::current().record("plan", plan.as_str());
+            metrics::counter!("search_plans_total", "plan" => plan.as_str()).increment(1);
+        }
+        let plan = plan.unwrap_or(VectorPlan::Global);
         let rows: Vec<ScoredRow> = self
             .on_replica(|pool| async move {
                 let mut sql = match ranking {
-                    Ranking::Vector(v) => search_query(v, filter, k),
+                    Ranking::Vector(v) => search_query(v, filter, k, plan),
                     Ranking::Text(t) => text_search_query(config, t, filter, k),
                     Ranking::Hybrid {
                         vector,
                         text,
                         fusion,
-                    } => hybrid_search_query(config, vector, text, filter, k, fusion),
+                    } => hybrid_search_query(config, vector, text, filter, k, fusion, plan),
                 };
                 sql.build_query_as().fetch_all(pool).await
             })
@@ -610,14 +621,17 @@ pub fn ef_search(limit: i64) -> i64 {
 /// - Vectors are stored inline (`STORAGE PLAIN`, migration 2), so the planner
 ///   sees their real size in the heap and picks the index whenever the index
 ///   is cheaper, with or without filters.
+/// - A user filter's plan is the store's choice, by the user's size
+///   ([`VectorPlan`]), written into the statement.
 pub fn search_query<'a>(
     vector: &[f32],
     filter: &SearchFilter,
     k: TopK,
+    plan: VectorPlan,
 ) -> QueryBuilder<'a, Postgres> {
     let mut sql =
         QueryBuilder::<Postgres>::new(format!("WITH nearest AS MATERIALIZED (SELECT {COLUMNS}, "));
-    push_nearest(&mut sql, vector, filter, k.get(), ef_search(k.get()));
+    push_nearest(&mut sql, vector, filter, k.get(), ef_search(k.get()), plan);
     sql.push(format!(
         ") SELECT {COLUMNS}, (1 - distance)::float8 AS score FROM nearest"
     ));
@@ -633,20 +647,35 @@ pub fn search_query<'a>(
 /// The rows nearest to `vector` that pass `filter`, at most `limit`, as
 /// `..., distance FROM contexts WHERE ... LIMIT n` (the select list's start is
 /// the caller's), through the HNSW index with the scan's settings in the
-/// statement (see [`search_query`]).
+/// statement (see [`search_query`]), in the form `plan` asks for:
+///
+/// - [`VectorPlan::Exact`]: the distance as `(embedding <=> $1) + 0`, an
+///   expression no index orders by, so the rows come from the other filters'
+///   indexes (the user's btree) and are sorted: exact;
+/// - [`VectorPlan::Index`]: the user compared as text, which no btree serves
+///   and whose selectivity the planner takes for the default (0.5%), so the
+///   HNSW scan is the cheap plan even in a generic plan;
+/// - [`VectorPlan::Global`]: the filters as they are.
 fn push_nearest(
     sql: &mut QueryBuilder<'_, Postgres>,
     vector: &[f32],
     filter: &SearchFilter,
     limit: i64,
     ef_search: i64,
+    plan: VectorPlan,
 ) {
-    sql.push("embedding <=> ")
-        .push_bind(Vector::from(vector.to_vec()))
-        .push("::vector AS distance FROM contexts WHERE ")
-        .push(VISIBLE)
-        .push(" AND embedding_status = 'ready'");
-    push_filters(sql, filter);
+    let exact = plan == VectorPlan::Exact;
+    sql.push(if exact {
+        "(embedding <=> "
+    } else {
+        "embedding <=> "
+    })
+    .push_bind(Vector::from(vector.to_vec()))
+    .push(if exact { "::vector) + 0" } else { "::vector" })
+    .push(" AS distance FROM contexts WHERE ")
+    .push(VISIBLE)
+    .push(" AND embedding_status = 'ready'");
+    push_filters_with(sql, filter, plan == VectorPlan::Index);
     sql.push(" AND (SELECT set_config('hnsw.ef_search', ")
         .push_bind(ef_search.to_string())
         .push("::text, true) || set_config('hnsw.iterative_scan', 'relaxed_order', true)) IS NOT NULL");
@@ -657,8 +686,24 @@ fn push_nearest(
 
 /// ` AND ...` for each of the filter's conditions but the score.
 fn push_filters(sql: &mut QueryBuilder<'_, Postgres>, filter: &SearchFilter) {
+    push_filters_with(sql, filter, false);
+}
+
+/// [`push_filters`], with the user compared as text when `user_as_text`
+/// (hidden from the btree: see [`push_nearest`]).
+fn push_filters_with(
+    sql: &mut QueryBuilder<'_, Postgres>,
+    filter: &SearchFilter,
+    user_as_text: bool,
+) {
     if let Some(u) = filter.user_id {
-        sql.push(" AND user_id = ").push_bind(u.0).push("::uuid");
+        if user_as_text {
+            sql.push(" AND user_id::text = ")
+                .push_bind(u.0)
+                .push("::uuid::text");
+        } else {
+            sql.push(" AND user_id = ").push_bind(u.0).push("::uuid");
+        }
     }
     if let Some(t) = &filter.context_type {
         sql.push(" AND context_type = ")
@@ -757,12 +802,13 @@ pub fn hybrid_search_query<'a>(
     filter: &SearchFilter,
     k: TopK,
     fusion: &Fusion,
+    plan: VectorPlan,
 ) -> QueryBuilder<'a, Postgres> {
     let n = fusion.candidates.max(k.get());
     let mut sql = QueryBuilder::<Postgres>::new("");
     push_bm25(&mut sql, config, text, filter);
     sql.push(", nearest AS MATERIALIZED (SELECT id, ");
-    push_nearest(&mut sql, vector, filter, n, ef_search(n));
+    push_nearest(&mut sql, vector, filter, n, ef_search(n), plan);
     sql.push(
         "), by_vector AS (SELECT id, row_number() OVER (ORDER BY distance, id) AS r FROM nearest)",
     );

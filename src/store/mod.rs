@@ -5,6 +5,7 @@ mod contexts;
 mod idempotency;
 mod rebuild;
 mod replicas;
+mod tenants;
 mod transfer;
 
 pub use contexts::{
@@ -14,6 +15,7 @@ pub use contexts::{
 pub use idempotency::{Answer, Recorded};
 pub use rebuild::{is_dimension_error, EmbeddingState, RebuildRow, SwitchLock, Target};
 pub use replicas::{ReplicaState, CHECK_INTERVAL as REPLICA_CHECK_INTERVAL};
+pub use tenants::{exact_limit, VectorPlan};
 pub use transfer::{Restored, Stored};
 mod migrate;
 
@@ -76,6 +78,8 @@ pub struct Store {
     text_search_config: String,
     /// Read replicas (none unless DATABASE_REPLICA_URLS).
     replicas: Arc<replicas::Replicas>,
+    /// The users big enough to be searched through the index.
+    tenants: Arc<tenants::TenantSizes>,
 }
 
 impl Store {
@@ -118,6 +122,7 @@ impl Store {
             dim: Arc::new(AtomicUsize::new(schema.dim)),
             text_search_config: schema.text_search_config.clone(),
             replicas: Arc::default(),
+            tenants: Arc::default(),
         }
     }
 

@@ -176,9 +176,10 @@ async fn deleted_and_expired_contexts_are_never_found() {
 
 #[tokio::test]
 async fn a_filtered_search_keeps_its_recall_past_ef_search() {
-    // 1000 of bob's rows lie around the query, alice's 5 elsewhere. An HNSW
-    // scan without pgvector 0.8's iterative scans stops after ef_search
-    // candidates, all bob's, and returns nothing for alice.
+    // 1000 of bob's rows lie around the query, alice's 5 notes elsewhere. An
+    // HNSW scan filtered to notes without pgvector 0.8's iterative scans stops
+    // after ef_search candidates, all bob's, and returns nothing. (A filter to
+    // alice alone takes the exact plan: she is a small user.)
     let app = spawn_app().await;
     let pool = app.db.pool().await;
     sqlx::query(
@@ -194,8 +195,11 @@ async fn a_filtered_search_keeps_its_recall_past_ef_search() {
     .await
     .unwrap();
     for v in vectors(5, 3) {
-        app.create(app.alice.id, json!({"content": {}, "embedding": v}))
-            .await;
+        app.create(
+            app.alice.id,
+            json!({"content": {}, "embedding": v, "context_type": "note"}),
+        )
+        .await;
     }
     // Make the planner order by the HNSW index (with a selective filter it
     // would otherwise sort the few matching rows exactly, which proves nothing),
@@ -223,7 +227,7 @@ async fn a_filtered_search_keeps_its_recall_past_ef_search() {
     let q = vec![1.0f32; DIM];
     let resp = crate::helpers::eventually(std::time::Duration::from_secs(5), || async {
         let r = app
-            .search(json!({"vector": q, "user_id": app.alice.id, "k": 5}))
+            .search(json!({"vector": q, "context_type": "note", "k": 5}))
             .await;
         (r.status() == 200).then_some(r)
     })

@@ -1,0 +1,175 @@
+//! Which plan a vector search takes, chosen by the size of the user it is
+//! filtered to (as Qdrant chooses by a filter's estimated cardinality).
+//!
+//! A user-filtered search has two good plans, and which one wins depends on
+//! the share of the table the user holds:
+//!
+//! - **exact**: the user's rows through the `user_id` btree, every distance
+//!   computed, a top-k sort. Its cost grows with the user's rows; its results
+//!   are exact.
+//! - **index**: the HNSW graph walked in distance order, the other users'
+//!   rows filtered out (iterative scan). Its cost grows with the rows it must
+//!   skip, about `ef_search / share`: cheap for a big user, ruinous for a
+//!   small one in a big table.
+//!
+//! Left to itself, PostgreSQL cannot choose: the service's statement is
+//! prepared, and the generic plan that the plan cache settles on estimates
+//! every `user_id = $1` at the average user's size, so every user took the
+//! exact plan, and a user with 20,000 rows paid 35 ms where the index takes 5
+//! (bench/results/scale.md). So the store chooses, and writes the choice into
+//! the statement: the exact plan hides the distance from the index (`+ 0`);
+//! the index plan hides the user from the btree (`user_id::text = ..`).
+//!
+//! A user's size is the planner's own estimate: the most common values of
+//! `contexts.user_id` in `pg_stats` (kept by ANALYZE and autovacuum), read at
+//! most every [`REFRESH`]. A user absent from that list is smaller than every
+//! user in it, and takes the exact plan.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::Store;
+use crate::domain::SearchFilter;
+
+/// How often the users' sizes are read again from the statistics.
+pub const REFRESH: Duration = Duration::from_secs(30);
+
+/// Users up to this many rows are always searched exactly.
+pub const EXACT_MIN_ROWS: f64 = 2_000.0;
+
+/// The crossover's constant: the exact plan is kept up to
+/// `sqrt(CROSSOVER * table rows)` rows. Measured at 300,000 x 768 (the index
+/// cached): the two plans met between 4,000 and 8,700 rows, at about
+/// `sqrt(120 * rows)`; the cost of the index plan, `ef_search / share`, makes
+/// the crossover grow with the square root of the table.
+pub const CROSSOVER: f64 = 120.0;
+
+/// The plan of a vector search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorPlan {
+    /// No user filter: the HNSW index, or what the planner finds cheaper for
+    /// the other filters.
+    Global,
+    /// A small user: every one of its rows, exactly.
+    Exact,
+    /// A big user: the HNSW index, filtered.
+    Index,
+}
+
+impl VectorPlan {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VectorPlan::Global => "global",
+            VectorPlan::Exact => "exact",
+            VectorPlan::Index => "index",
+        }
+    }
+}
+
+/// The rows above which a user is searched through the index, in a table of
+/// `table_rows`.
+pub fn exact_limit(table_rows: f64) -> f64 {
+    (CROSSOVER * table_rows.max(0.0)).sqrt().max(EXACT_MIN_ROWS)
+}
+
+/// The users big enough for the index plan, as last read.
+#[derive(Debug, Default)]
+pub(super) struct TenantSizes {
+    snapshot: RwLock<Snapshot>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Snapshot {
+    read_at: Option<Instant>,
+    /// Each big user's estimated rows.
+    big: HashMap<Uuid, f64>,
+}
+
+impl TenantSizes {
+    fn plan_of(&self, user: Uuid) -> VectorPlan {
+        let snapshot = self.snapshot.read().expect("tenant sizes lock");
+        if snapshot.big.contains_key(&user) {
+            VectorPlan::Index
+        } else {
+            VectorPlan::Exact
+        }
+    }
+
+    fn is_stale(&self) -> bool {
+        let snapshot = self.snapshot.read().expect("tenant sizes lock");
+        snapshot.read_at.is_none_or(|at| at.elapsed() >= REFRESH)
+    }
+}
+
+impl Store {
+    /// The plan a vector search with `filter` takes (see the module's notes).
+    pub async fn vector_plan(&self, filter: &SearchFilter) -> VectorPlan {
+        let Some(user) = filter.user_id else {
+            return VectorPlan::Global;
+        };
+        if self.tenants.is_stale() {
+            self.refresh_tenant_sizes().await;
+        }
+        self.tenants.plan_of(user.0)
+    }
+
+    /// Reads the users' sizes from the statistics now. One caller reads, the
+    /// others keep the last sizes meanwhile; a failure keeps them too, until
+    /// the next refresh is due.
+    pub async fn refresh_tenant_sizes(&self) {
+        let Ok(_guard) = self.tenants.refreshing.try_lock() else {
+            return;
+        };
+        let read = sqlx::query!(
+            r#"SELECT greatest(c.reltuples, 0)::float8 AS "rows!",
+                      s.most_common_vals::text::uuid[] AS users,
+                      s.most_common_freqs AS shares
+               FROM pg_class c
+               LEFT JOIN pg_stats s ON s.schemaname = current_schema()
+                    AND s.tablename = 'contexts' AND s.attname = 'user_id'
+               WHERE c.oid = 'contexts'::regclass"#,
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map(|r| (r.rows, r.users, r.shares));
+        let mut snapshot = match read {
+            Ok((rows, users, freqs)) => {
+                let limit = exact_limit(rows);
+                let big = users
+                    .unwrap_or_default()
+                    .into_iter()
+                    .zip(freqs.unwrap_or_default())
+                    .map(|(user, freq)| (user, f64::from(freq) * rows))
+                    .filter(|&(_, n)| n > limit)
+                    .collect();
+                Snapshot { read_at: None, big }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "users' sizes not read: the last ones are kept");
+                let mut last = self.tenants.snapshot.write().expect("tenant sizes lock");
+                last.read_at = Some(Instant::now());
+                return;
+            }
+        };
+        snapshot.read_at = Some(Instant::now());
+        *self.tenants.snapshot.write().expect("tenant sizes lock") = snapshot;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exact_limit_grows_with_the_square_root_of_the_table() {
+        assert_eq!(exact_limit(0.0), EXACT_MIN_ROWS);
+        assert_eq!(exact_limit(-1.0), EXACT_MIN_ROWS);
+        assert_eq!(exact_limit(10_000.0), EXACT_MIN_ROWS);
+        assert!((exact_limit(300_000.0) - 6_000.0).abs() < 1.0);
+        assert!((exact_limit(1_000_000.0) - 10_954.5).abs() < 1.0);
+    }
+}
