@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""The service at scale: many contexts, heavy-tailed users, searched through the API.
+
+    bench/scale.sh                 # 1,000,000 contexts x 768, 20,000 users (about 25 minutes)
+    bench/scale.sh --rows 300000   # any size
+    bench/scale.sh --smoke         # 5,000 contexts, 200 users: a pass/fail check (CI)
+
+Steps (each timed):
+1. a fresh database `bench_scale`, migrated by the release binary;
+2. the rows written in SQL, server-side, 100,000 a statement, with the HNSW index
+   dropped: clustered vectors (200 centroids, each row its centroid plus noise,
+   normalized), users drawn from a Zipf law (P(rank r) ~ 1/r: at a million rows the
+   median user has a few rows and the largest about 50,000), ~300 characters of text
+   and metadata, a TTL on 10% of rows. This measures the search side; the write path's
+   own rate is bench/run.sh's;
+3. ANALYZE, then the HNSW index built with the settings printed, and VACUUM;
+4. the table's and each index's size;
+5. the release service on that database, and per user-size bucket: 50 searches
+   through `POST /contexts/search` (one connection), their p50 and p99, recall@10
+   against the exact ranking, and the plan the service chose (search_plans_total).
+
+`--smoke` exits 1 on any non-2xx answer, an exact plan that is not exact, or an
+index plan's recall@10 under 0.90; never on speed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from apibench.procs import Api, Proc, free_port, scrape_metrics, wait_http  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = "scale-bench-admin-key"
+CHUNK = 100_000
+
+
+def log(msg: str) -> None:
+    print(f"scale: {msg}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.rows, self.dim, self.users = args.rows, args.dim, args.users
+        self.admin_url = os.environ["TEST_DATABASE_URL"]
+        self.db = "bench_scale_smoke" if args.smoke else "bench_scale"
+        self.db_url = self.admin_url.rsplit("/", 1)[0] + "/" + self.db
+        self.work = REPO / "bench" / ".cache" / f"scale-{'smoke' if args.smoke else self.rows}"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.binary = REPO / "target" / "release" / "context-api"
+        self.procs: list[Proc] = []
+        self.phases: list[tuple[str, float]] = []
+        self.facts: dict[str, object] = {}
+        self.failures: list[str] = []
+
+    def phase(self, name, fn, *a):
+        log(f"{name} ...")
+        t0 = time.monotonic()
+        out = fn(*a)
+        took = time.monotonic() - t0
+        self.phases.append((name, took))
+        log(f"{name}: {took:.1f} s")
+        return out
+
+    def sql(self, statement, params=None, url=None):
+        with psycopg.connect(url or self.db_url, autocommit=True) as conn:
+            cur = conn.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+
+    def env(self, port):
+        return dict(os.environ, DATABASE_URL=self.db_url, REDIS_URL=os.environ["TEST_REDIS_URL"],
+                    EMBEDDING_PROVIDER="tei", EMBEDDING_SERVICE_URL=f"http://127.0.0.1:{self.stub_port}",
+                    EMBEDDING_DIM=str(self.dim), BIND_ADDRESS=f"127.0.0.1:{port}",
+                    API_KEYS=f"admin:{hashlib.sha256(KEY.encode()).hexdigest()}",
+                    CACHE_KEY_PREFIX="scale-bench:", LOG_LEVEL="warn")
+
+    # ------------------------------------------------------------------ steps
+
+    def setup(self):
+        self.sql(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)", url=self.admin_url)
+        self.sql(f"CREATE DATABASE {self.db}", url=self.admin_url)
+        self.stub_port = free_port()
+        stub = Proc("tei-stub", [str(REPO / "target" / "release" / "tei-stub"), "--port", str(self.stub_port),
+                                 "--dim", str(self.dim)], self.work / "tei-stub.log")
+        self.procs.append(stub)
+        wait_http(f"http://127.0.0.1:{self.stub_port}/health", 30, stub)
+        subprocess.run([str(self.binary), "migrate"], env=self.env(free_port()), check=True,
+                       capture_output=True, timeout=300)
+
+    def seed(self):
+        self.sql("DROP INDEX contexts_embedding_hnsw_idx")
+        self.sql(f"""CREATE UNLOGGED TABLE bench_cent AS
+            SELECT c, array_agg((random() - 0.5)::real) AS v
+            FROM generate_series(0, 199) c, generate_series(1, {self.dim}) d GROUP BY c""")
+        self.sql(f"CREATE UNLOGGED TABLE bench_users AS SELECT u, gen_random_uuid() AS id "
+                 f"FROM generate_series(1, {self.users}) u")
+        self.sql("SELECT setseed(0.2026)")
+        done = 0
+        t0 = time.monotonic()
+        while done < self.rows:
+            n = min(CHUNK, self.rows - done)
+            self.sql(f"""
+            INSERT INTO contexts (id, user_id, context_type, content, embedding, embedding_text,
+                                  embedding_status, metadata, expires_at)
+            SELECT gen_random_uuid(), bench_users.id, 'note',
+                   jsonb_build_object('text', t.txt),
+                   l2_normalize((SELECT array_agg(x + ((random() - 0.5) * 0.4)::real) FROM unnest(bench_cent.v) x)::vector),
+                   t.txt, 'ready',
+                   jsonb_build_object('tag', CASE WHEN random() < 0.01 THEN 'rare' ELSE 'common' END,
+                                      'source', 'import', 'n', s.i),
+                   CASE WHEN random() < 0.1 THEN now() + interval '30 days' END
+            FROM (SELECT i, least({self.users}, floor(exp(random() * ln({self.users} + 1)))::int) AS u,
+                         floor(random() * 200)::int AS c
+                  FROM generate_series({done + 1}, {done + n}) i) s
+            JOIN bench_users ON bench_users.u = s.u
+            JOIN bench_cent ON bench_cent.c = s.c
+            CROSS JOIN LATERAL (SELECT 'memory ' || s.i || ': ' || repeat('the user mentioned a preference ', 9) AS txt) t""")
+            done += n
+            log(f"  {done:,} rows ({done / (time.monotonic() - t0):,.0f}/s)")
+        self.facts["seed rate (SQL, no index)"] = f"{self.rows / (time.monotonic() - t0):,.0f} rows/s"
+
+    def build_index(self):
+        settings = {"maintenance_work_mem": self.args.maintenance_work_mem,
+                    "max_parallel_maintenance_workers": str(self.args.parallel_workers)}
+        self.sql("ANALYZE contexts")
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            for k, v in settings.items():
+                conn.execute(f"SET {k} = '{v}'")
+            t0 = time.monotonic()
+            conn.execute("CREATE INDEX contexts_embedding_hnsw_idx ON contexts USING hnsw (embedding vector_cosine_ops)")
+            took = time.monotonic() - t0
+        self.facts["HNSW build"] = f"{took:.1f} s ({', '.join(f'{k} = {v}' for k, v in settings.items())})"
+        self.sql("VACUUM ANALYZE contexts")
+
+    def sizes(self):
+        rows = self.sql("""SELECT c.relname, pg_relation_size(c.oid), pg_total_relation_size(c.oid)
+                           FROM pg_class c WHERE c.relname LIKE 'contexts%' AND c.relkind IN ('r', 'i')
+                           ORDER BY pg_relation_size(c.oid) DESC""")
+        self.facts["sizes"] = [(name, size) for name, size, _ in rows]
+        self.facts["total"] = self.sql("SELECT pg_total_relation_size('contexts')")[0][0]
+
+    def serve(self):
+        self.port = free_port()
+        p = Proc("service", [str(self.binary), "serve"], self.work / "service.log", env=self.env(self.port))
+        self.procs.append(p)
+        wait_http(f"http://127.0.0.1:{self.port}/ready", 120, p)
+        self.api = Api(f"http://127.0.0.1:{self.port}", KEY)
+
+    def buckets(self):
+        """Users by size: a few near each target size, and the five largest."""
+        counts = self.sql("SELECT user_id::text, count(*) FROM contexts GROUP BY user_id ORDER BY 2 DESC")
+        out = []
+        for target in (10, 100, 1_000, 5_000):
+            near = sorted(counts, key=lambda r: abs(r[1] - target))[:5]
+            if near and abs(near[0][1] - target) <= target:
+                out.append((f"~{target:,} rows", near))
+        out.append((f"the 5 largest ({counts[4][1]:,} to {counts[0][1]:,} rows)", counts[:5]))
+        out.append(("all rows (no user filter)", [(None, self.rows)]))
+        return out
+
+    def measure(self):
+        queries = [r[0] for r in self.sql(
+            f"SELECT embedding::text FROM contexts TABLESAMPLE BERNOULLI (1) LIMIT {self.args.queries}")]
+        self.results = []
+        for label, users in self.buckets():
+            before = scrape_metrics(self.api)
+            lat, recalls = [], []
+            for i, q in enumerate(queries):
+                user = users[i % len(users)][0]
+                body = {"vector": json.loads(q), "k": 10}
+                if user:
+                    body["user_id"] = user
+                t0 = time.perf_counter()
+                status, got = self.api.json("POST", "/contexts/search", body)
+                lat.append((time.perf_counter() - t0) * 1000)
+                if status != 200:
+                    self.failures.append(f"{label}: search answered {status}: {got}")
+                    continue
+                ids = [r["context"]["id"] for r in got["results"]]
+                where = "AND user_id = %(u)s::uuid" if user else ""
+                exact = [str(r[0]) for r in self.sql(
+                    f"""SELECT id FROM contexts WHERE is_active AND (expires_at IS NULL OR expires_at > now())
+                        AND embedding_status = 'ready' {where}
+                        ORDER BY (embedding <=> %(v)s::vector) + 0, id LIMIT 10""",
+                    {"v": q, "u": user})]
+                recalls.append(len(set(ids) & set(exact)) / max(1, len(exact)))
+            after = scrape_metrics(self.api)
+            before_ms = self.plain_statement(queries, users)
+            plans = {p: after.get(f'search_plans_total{{plan="{p}"}}', 0) - before.get(f'search_plans_total{{plan="{p}"}}', 0)
+                     for p in ("global", "exact", "index")}
+            plan = ", ".join(f"{p} {int(n)}" for p, n in plans.items() if n)
+            lat.sort()
+            row = {"bucket": label, "p50": statistics.median(lat), "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+                   "recall": statistics.mean(recalls) if recalls else 0.0, "plan": plan, "plans": plans,
+                   "before": before_ms}
+            self.results.append(row)
+            log(f"  {label}: p50 {row['p50']:.1f} ms, p99 {row['p99']:.1f} ms, recall@10 {row['recall']:.3f}, plan {plan}")
+            if self.args.smoke:
+                if plans["exact"] and row["recall"] < 1.0:
+                    self.failures.append(f"{label}: the exact plan's recall@10 is {row['recall']:.3f}")
+                if row["recall"] < 0.90:
+                    self.failures.append(f"{label}: recall@10 {row['recall']:.3f} under 0.90")
+
+    def plain_statement(self, queries, users):
+        """p50 of the search as the service sent it before it chose plans: the plain
+        `user_id = $2` filter, prepared, past the plan cache's five custom plans."""
+        sql = """SELECT id, embedding <=> %(v)s::vector AS d FROM contexts
+                 WHERE is_active AND (expires_at IS NULL OR expires_at > now()) AND embedding_status = 'ready'
+                 {where} AND (SELECT set_config('hnsw.ef_search', '40', true)
+                              || set_config('hnsw.iterative_scan', 'relaxed_order', true)) IS NOT NULL
+                 ORDER BY d LIMIT 10"""
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            lat = []
+            for i, q in enumerate(queries):
+                user = users[i % len(users)][0]
+                stmt = sql.format(where="AND user_id = %(u)s::uuid" if user else "")
+                t0 = time.perf_counter()
+                conn.execute(stmt, {"v": q, "u": user}, prepare=True).fetchall()
+                if i >= 6:
+                    lat.append((time.perf_counter() - t0) * 1000)
+        return statistics.median(lat) if lat else float("nan")
+
+    def report(self):
+        mib = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731
+        lines = [f"# Scale: {self.rows:,} contexts x {self.dim}, {self.users:,} users (Zipf)", "",
+                 f"Measured {time.strftime('%Y-%m-%d')} on this 2-core box by `bench/scale.sh"
+                 f"{' --smoke' if self.args.smoke else f' --rows {self.rows}'}` at commit "
+                 f"{subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=REPO).stdout.strip()}; "
+                 f"nothing else ran. Postgres: shared_buffers {self.sql('SHOW shared_buffers')[0][0]}.", "",
+                 "Searches through the API, one connection, k = 10. The last column is the same search",
+                 "as one prepared SQL statement with the plain `user_id = $2` filter, as the service sent",
+                 "it before it chose plans by the user's size (psycopg, past the plan cache's five custom",
+                 "plans: the generic plan), without HTTP.", "",
+                 "| search | p50 | p99 | recall@10 | plan chosen | p50 before (SQL) |",
+                 "|---|--:|--:|--:|---|--:|"]
+        for r in self.results:
+            lines.append(f"| {r['bucket']} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | {r['recall']:.3f} | {r['plan']} "
+                         f"| {r['before']:.1f} ms |")
+        lines += ["", "| fact | value |", "|---|---|"]
+        for k, v in self.facts.items():
+            if k != "sizes":
+                lines.append(f"| {k} | {mib(v) if k == 'total' else v} |")
+        for name, size in self.facts.get("sizes", []):
+            lines.append(f"| size of {name} | {mib(size)} |")
+        lines += ["", "| phase | seconds |", "|---|--:|"] + [f"| {n} | {t:.1f} |" for n, t in self.phases]
+        out = REPO / "bench" / "results" / ("scale-smoke.md" if self.args.smoke else f"scale-{self.rows}.md")
+        out.write_text("\n".join(lines) + "\n")
+        log(f"report: {out.relative_to(REPO)}")
+
+    def run(self):
+        try:
+            self.phase("database, migrate", self.setup)
+            self.phase(f"seed {self.rows:,} rows in SQL", self.seed)
+            self.phase("ANALYZE, HNSW build, VACUUM", self.build_index)
+            self.phase("sizes", self.sizes)
+            self.phase("serve", self.serve)
+            self.phase("searches by user size", self.measure)
+            self.report()
+        finally:
+            for p in reversed(self.procs):
+                p.stop()
+            if not self.args.keep:
+                self.sql(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)", url=self.admin_url)
+        for f in self.failures:
+            log(f"FAILED: {f}")
+        return 1 if self.failures else 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--maintenance-work-mem", default="2GB")
+    ap.add_argument("--parallel-workers", type=int, default=1)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the database")
+    args = ap.parse_args()
+    if args.smoke:
+        args.rows, args.users, args.queries, args.maintenance_work_mem = 5_000, 200, 20, "256MB"
+    sys.exit(Bench(args).run())
+
+
+if __name__ == "__main__":
+    main()
