@@ -16,7 +16,7 @@
 //! prepared, and the generic plan that the plan cache settles on estimates
 //! every `user_id = $1` at the average user's size, so every user took the
 //! exact plan, and a user with 20,000 rows paid 35 ms where the index takes 5
-//! (bench/results/scale.md). So the store chooses, and writes the choice into
+//! (bench/results/scale-300000.md, bench/README.md). So the store chooses, and writes the choice into
 //! the statement: the exact plan hides the distance from the index (`+ 0`);
 //! the index plan hides the user from the btree (`user_id::text = ..`).
 //!

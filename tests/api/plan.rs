@@ -10,7 +10,7 @@
 //! - filtered to a small user (about 10 rows): the store chooses the exact
 //!   plan, and the statement reads the user's rows through its btree and never
 //!   the HNSW index (at 300,000 rows this measured 1 ms against 39 ms for an
-//!   iterative HNSW scan, bench/results/scale.md);
+//!   iterative HNSW scan; bench/README.md, Scale);
 //! - with a 1% metadata filter: the GIN bitmap scan and an exact sort, which
 //!   measured 0.8 ms against 15 to 24 ms for an iterative HNSW scan at this size.
 
