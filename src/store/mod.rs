@@ -15,7 +15,7 @@ pub use contexts::{
 pub use idempotency::{Answer, Recorded};
 pub use rebuild::{is_dimension_error, EmbeddingState, RebuildRow, SwitchLock, Target};
 pub use replicas::{ReplicaState, CHECK_INTERVAL as REPLICA_CHECK_INTERVAL};
-pub use tenants::{exact_limit, VectorPlan};
+pub use tenants::VectorPlan;
 pub use transfer::{Restored, Stored};
 mod migrate;
 

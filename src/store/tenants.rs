@@ -16,16 +16,17 @@
 //! prepared, and the generic plan that the plan cache settles on estimates
 //! every `user_id = $1` at the average user's size, so every user took the
 //! exact plan, and a user with 20,000 rows paid 35 ms where the index takes 5
-//! (bench/results/scale-300000.md, bench/README.md). So the store chooses, and writes the choice into
-//! the statement: the exact plan hides the distance from the index (`+ 0`);
-//! the index plan hides the user from the btree (`user_id::text = ..`).
+//! (bench/results/scale-300000.md, bench/README.md). So the store chooses,
+//! and writes the choice into the statement: the exact plan hides the
+//! distance from the index (`+ 0`); the index plan hides the user from the
+//! btree (`user_id::text = ..`).
 //!
 //! A user's size is the planner's own estimate: the most common values of
 //! `contexts.user_id` in `pg_stats` (kept by ANALYZE and autovacuum), read at
 //! most every [`REFRESH`]. A user absent from that list is smaller than every
 //! user in it, and takes the exact plan.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
@@ -85,23 +86,31 @@ pub(super) struct TenantSizes {
 #[derive(Debug, Default)]
 struct Snapshot {
     read_at: Option<Instant>,
-    /// Each big user's estimated rows.
-    big: HashMap<Uuid, f64>,
+    /// The users over the exact limit.
+    big: HashSet<Uuid>,
 }
 
 impl TenantSizes {
-    fn plan_of(&self, user: Uuid) -> VectorPlan {
+    /// `user`'s plan by the last sizes, and whether they are due for a refresh.
+    fn plan_of(&self, user: Uuid) -> (VectorPlan, bool) {
         let snapshot = self.snapshot.read().expect("tenant sizes lock");
-        if snapshot.big.contains_key(&user) {
+        let plan = if snapshot.big.contains(&user) {
             VectorPlan::Index
         } else {
             VectorPlan::Exact
-        }
+        };
+        let stale = snapshot.read_at.is_none_or(|at| at.elapsed() >= REFRESH);
+        (plan, stale)
     }
 
-    fn is_stale(&self) -> bool {
-        let snapshot = self.snapshot.read().expect("tenant sizes lock");
-        snapshot.read_at.is_none_or(|at| at.elapsed() >= REFRESH)
+    /// Replaces the big users (or, given `None`, keeps the last ones) and
+    /// marks the sizes read now.
+    fn store(&self, big: Option<HashSet<Uuid>>) {
+        let mut snapshot = self.snapshot.write().expect("tenant sizes lock");
+        if let Some(big) = big {
+            snapshot.big = big;
+        }
+        snapshot.read_at = Some(Instant::now());
     }
 }
 
@@ -111,10 +120,13 @@ impl Store {
         let Some(user) = filter.user_id else {
             return VectorPlan::Global;
         };
-        if self.tenants.is_stale() {
-            self.refresh_tenant_sizes().await;
+        match self.tenants.plan_of(user.0) {
+            (plan, false) => plan,
+            (_, true) => {
+                self.refresh_tenant_sizes().await;
+                self.tenants.plan_of(user.0).0
+            }
         }
-        self.tenants.plan_of(user.0)
     }
 
     /// Reads the users' sizes from the statistics now. One caller reads, the
@@ -134,29 +146,24 @@ impl Store {
                WHERE c.oid = 'contexts'::regclass"#,
         )
         .fetch_one(&self.pool)
-        .await
-        .map(|r| (r.rows, r.users, r.shares));
-        let mut snapshot = match read {
-            Ok((rows, users, freqs)) => {
-                let limit = exact_limit(rows);
-                let big = users
-                    .unwrap_or_default()
-                    .into_iter()
-                    .zip(freqs.unwrap_or_default())
-                    .map(|(user, freq)| (user, f64::from(freq) * rows))
-                    .filter(|&(_, n)| n > limit)
-                    .collect();
-                Snapshot { read_at: None, big }
+        .await;
+        let big = match read {
+            Ok(r) => {
+                let limit = exact_limit(r.rows);
+                let users = r.users.unwrap_or_default().into_iter();
+                users
+                    .zip(r.shares.unwrap_or_default())
+                    .filter(|&(_, share)| f64::from(share) * r.rows > limit)
+                    .map(|(user, _)| user)
+                    .collect()
             }
             Err(e) => {
                 tracing::warn!(error = %e, "users' sizes not read: the last ones are kept");
-                let mut last = self.tenants.snapshot.write().expect("tenant sizes lock");
-                last.read_at = Some(Instant::now());
+                self.tenants.store(None);
                 return;
             }
         };
-        snapshot.read_at = Some(Instant::now());
-        *self.tenants.snapshot.write().expect("tenant sizes lock") = snapshot;
+        self.tenants.store(Some(big));
     }
 }
 

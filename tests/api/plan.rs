@@ -222,7 +222,7 @@ async fn both_plans_return_the_users_nearest() {
     }
 }
 
-/// The vector of a row of the big user's: a query with neighbours.
+/// The vector of a stored row (the first by id): a query with neighbours.
 async fn a_vector(pool: &PgPool) -> Vec<f32> {
     let v: pgvector::Vector =
         sqlx::query_scalar("SELECT embedding FROM contexts ORDER BY id LIMIT 1")
