@@ -83,7 +83,8 @@ impl Replicas {
 
 impl Store {
     /// Runs `read` on a usable replica, else on the primary. A replica that
-    /// fails it is marked unusable and the read runs again on the primary.
+    /// cannot be reached, or that lacks the schema the primary has (behind a
+    /// migration), is marked unusable and the read runs again on the primary.
     pub(super) async fn on_replica<'a, T, F, Fut>(&'a self, read: F) -> Result<T, StoreError>
     where
         F: Fn(&'a PgPool) -> Fut,
@@ -96,11 +97,12 @@ impl Store {
                     return Ok(v);
                 }
                 Err(e) => {
+                    let behind = lacks_the_schema(&e);
                     let e = StoreError::from(e);
-                    if !matches!(e, StoreError::Unavailable(_)) {
+                    if !behind && !matches!(e, StoreError::Unavailable(_)) {
                         return Err(e);
                     }
-                    tracing::warn!(replica = i, error = %e, "replica failed a read: reading from the primary");
+                    tracing::warn!(replica = i, error = %e, behind, "replica failed a read: reading from the primary");
                     self.replicas.list[i].usable.store(false, Ordering::Relaxed);
                     metrics::counter!("db_replica_fallbacks_total").increment(1);
                 }
@@ -194,6 +196,16 @@ impl Store {
             r.pool.close().await;
         }
     }
+}
+
+/// The replica has not replayed a migration the primary has: the statement
+/// names a table, column, function or type that is not there yet
+/// (SQLSTATEs 42P01, 42703, 42883, 42704). The same read on the primary is
+/// right, so the replica is skipped like one that is down, until the next
+/// check finds it again.
+fn lacks_the_schema(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if matches!(db.code().as_deref(), Some("42P01" | "42703" | "42883" | "42704")))
 }
 
 /// How far `pool`'s server is behind: zero once it has replayed the
