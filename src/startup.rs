@@ -108,6 +108,13 @@ pub async fn check_schema(
         StoreError::Unavailable(_) => StartupError::Database(e),
         StoreError::Database(_) => StartupError::NotMigrated,
     })?;
+    if let Some(asked) = schema.vector_index.filter(|&i| i != store.vector_index()) {
+        tracing::warn!(
+            vector_index = asked.as_str(),
+            database = store.vector_index().as_str(),
+            "VECTOR_INDEX differs from the database's index: `context-api migrate` switches it"
+        );
+    }
     let column = vectors.active_dim;
     let previous_fits = previous_dim == Some(column);
     let rebuilding_for_it = vectors.target.as_ref().is_some_and(|t| t.dim == dim);

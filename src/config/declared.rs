@@ -115,6 +115,8 @@ settings! {
     embedding_dim: u32 = 768;
     /// Postgres text-search configuration for search modes `text` and `hybrid` (`english`, `simple`, ...); fixed by the first `migrate`
     text_search_config: String = "english".into();
+    /// form of the HNSW index: `halfvec` (half the size of `vector`), `vector`, or `bit` (binary quantization, a tenth of the size, re-ranked by the exact distance; see Scaling for its recall); `migrate` builds a new one beside the old and switches; unset: a database keeps its index, a new one gets `halfvec`
+    vector_index: Option<String> = None;
     /// hybrid search: k of reciprocal rank fusion (a result's score is the sum of `weight / (k + rank)`)
     hybrid_rrf_k: f64 = 60.0;
     /// hybrid search: weight of the vector ranking

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::auth::{ApiKeys, KeyParseError};
 use crate::domain::Fusion;
-use crate::store::Schema;
+use crate::store::{Schema, VectorIndex};
 use declared::Raw;
 
 /// `EMBEDDING_DIM` when it is not set (the committed OpenAPI document's).
@@ -131,6 +131,8 @@ pub enum EmbeddingProvider {
 pub struct SearchSettings {
     pub text_search_config: String,
     pub fusion: Fusion,
+    /// VECTOR_INDEX, for `serve --migrate`.
+    pub vector_index: Option<VectorIndex>,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +265,7 @@ impl Settings {
         Schema {
             dim: self.embeddings.dim,
             text_search_config: self.search.text_search_config.clone(),
+            vector_index: self.search.vector_index,
         }
     }
 
@@ -475,7 +478,31 @@ fn schema(raw: &Raw) -> Result<Schema, ConfigError> {
     Ok(Schema {
         dim: embedding_dim(raw)?,
         text_search_config: text_search_config(raw)?,
+        vector_index: vector_index(raw)?,
     })
+}
+
+fn vector_index(raw: &Raw) -> Result<Option<VectorIndex>, ConfigError> {
+    let Some(name) = raw.vector_index.as_deref() else {
+        return Ok(None);
+    };
+    let index = VectorIndex::parse(name).ok_or_else(|| {
+        err(
+            "VECTOR_INDEX",
+            format!("must be vector, halfvec or bit, got {name:?}"),
+        )
+    })?;
+    let dim = embedding_dim(raw)?;
+    if dim > index.max_dim() {
+        return Err(err(
+            "VECTOR_INDEX",
+            format!(
+                "{name} indexes at most {} dimensions, and EMBEDDING_DIM is {dim}",
+                index.max_dim()
+            ),
+        ));
+    }
+    Ok(Some(index))
 }
 
 /// A configuration name as Postgres spells one unquoted (it is written into
@@ -513,6 +540,7 @@ impl SearchSettings {
         }
         Ok(Self {
             text_search_config: text_search_config(raw)?,
+            vector_index: vector_index(raw)?,
             fusion: Fusion {
                 k: finite_positive("HYBRID_RRF_K", raw.hybrid_rrf_k)?,
                 vector_weight: finite_positive("HYBRID_VECTOR_WEIGHT", raw.hybrid_vector_weight)?,

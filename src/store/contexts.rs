@@ -6,7 +6,7 @@ use sqlx::types::Json;
 use sqlx::{FromRow, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{Store, StoreError, VectorPlan};
+use super::{Store, StoreError, VectorIndex, VectorPlan, VectorScan};
 use crate::domain::{
     Context, ContextId, EmbeddingStatus, Fusion, JsonObject, ListQuery, NewContext, Ranking,
     SearchFilter, TopK, UserId,
@@ -346,7 +346,7 @@ impl Store {
     /// [`text_search_query`] and [`hybrid_search_query`]. A vector search
     /// filtered to one user takes the plan its size calls for (see
     /// [`VectorPlan`]).
-    #[tracing::instrument(name = "store.search", level = "debug", skip_all, fields(k = k.get(), mode = ranking.mode().as_str(), plan))]
+    #[tracing::instrument(name = "store.search", level = "debug", skip_all, fields(k = k.get(), mode = ranking.mode().as_str(), plan, index))]
     pub async fn search(
         &self,
         ranking: &Ranking,
@@ -354,25 +354,31 @@ impl Store {
         k: TopK,
     ) -> Result<Vec<(Context, f32)>, StoreError> {
         let config = self.text_search_config.as_str();
-        let plan = match ranking {
+        let scan = match ranking {
             Ranking::Text(_) => None,
-            Ranking::Vector(_) | Ranking::Hybrid { .. } => Some(self.vector_plan(filter).await),
+            Ranking::Vector(_) | Ranking::Hybrid { .. } => Some(self.vector_scan(filter).await),
         };
-        if let Some(plan) = plan {
-            tracing::Span::current().record("plan", plan.as_str());
-            metrics::counter!("search_plans_total", "plan" => plan.as_str()).increment(1);
+        if let Some(scan) = scan {
+            let plan = scan.plan.as_str();
+            tracing::Span::current().record("plan", plan);
+            tracing::Span::current().record("index", scan.index.as_str());
+            metrics::counter!("search_plans_total", "plan" => plan).increment(1);
         }
-        let plan = plan.unwrap_or(VectorPlan::Global);
+        let scan = scan.unwrap_or(VectorScan {
+            plan: VectorPlan::Global,
+            index: self.vector_index(),
+            dim: self.dim(),
+        });
         let rows: Vec<ScoredRow> = self
             .on_replica(|pool| async move {
                 let mut sql = match ranking {
-                    Ranking::Vector(v) => search_query(v, filter, k, plan),
+                    Ranking::Vector(v) => search_query(v, filter, k, scan),
                     Ranking::Text(t) => text_search_query(config, t, filter, k),
                     Ranking::Hybrid {
                         vector,
                         text,
                         fusion,
-                    } => hybrid_search_query(config, vector, text, filter, k, fusion, plan),
+                    } => hybrid_search_query(config, vector, text, filter, k, fusion, scan),
                 };
                 sql.build_query_as().fetch_all(pool).await
             })
@@ -600,12 +606,6 @@ fn status_of(c: &NewContext) -> EmbeddingStatus {
     }
 }
 
-/// The HNSW candidate list for `limit` results: twice k, and never under pgvector's
-/// default of 40, which gives recall@10 above 0.95 on clustered 768-d data.
-pub fn ef_search(limit: i64) -> i64 {
-    (limit * 2).max(40)
-}
-
 /// The search statement, with every parameter cast so that its text alone
 /// fixes the plan's inputs (the plan guard test prepares this same text).
 ///
@@ -622,16 +622,16 @@ pub fn ef_search(limit: i64) -> i64 {
 ///   sees their real size in the heap and picks the index whenever the index
 ///   is cheaper, with or without filters.
 /// - A user filter's plan is the store's choice, by the user's size
-///   ([`VectorPlan`]), written into the statement.
+///   ([`VectorPlan`]), written into the statement, as is the form of the
+///   index ([`VectorIndex`]).
 pub fn search_query<'a>(
     vector: &[f32],
     filter: &SearchFilter,
     k: TopK,
-    plan: VectorPlan,
+    scan: VectorScan,
 ) -> QueryBuilder<'a, Postgres> {
-    let mut sql =
-        QueryBuilder::<Postgres>::new(format!("WITH nearest AS MATERIALIZED (SELECT {COLUMNS}, "));
-    push_nearest(&mut sql, vector, filter, k.get(), ef_search(k.get()), plan);
+    let mut sql = QueryBuilder::<Postgres>::new("WITH nearest AS MATERIALIZED (");
+    push_nearest(&mut sql, COLUMNS, vector, filter, k.get(), scan);
     sql.push(format!(
         ") SELECT {COLUMNS}, (1 - distance)::float8 AS score FROM nearest"
     ));
@@ -644,10 +644,10 @@ pub fn search_query<'a>(
     sql
 }
 
-/// The rows nearest to `vector` that pass `filter`, at most `limit`, as
-/// `..., distance FROM contexts WHERE ... LIMIT n` (the select list's start is
-/// the caller's), through the HNSW index with the scan's settings in the
-/// statement (see [`search_query`]), in the form `plan` asks for:
+/// `SELECT {columns}, distance FROM ...`: the rows nearest to `vector` that
+/// pass `filter`, at most `limit`, with their exact cosine distance, through
+/// the HNSW index with the scan's settings in the statement (see
+/// [`search_query`]), in the form the scan asks for. By plan:
 ///
 /// - [`VectorPlan::Exact`]: the distance as `(embedding <=> $1) + 0`, an
 ///   expression no index orders by, so the rows come from the other filters'
@@ -656,32 +656,70 @@ pub fn search_query<'a>(
 ///   and whose selectivity the planner takes for the default (0.5%), so the
 ///   HNSW scan is the cheap plan even in a generic plan;
 /// - [`VectorPlan::Global`]: the filters as they are.
+///
+/// By index, the order the HNSW scan serves: the distance itself
+/// (`vector`), the distance of the vectors as `halfvec`, or the Hamming
+/// distance of their binary quantization, for [`VectorIndex::candidates`]
+/// rows that an outer query re-ranks by the exact distance (`bit`).
 fn push_nearest(
     sql: &mut QueryBuilder<'_, Postgres>,
+    columns: &str,
     vector: &[f32],
     filter: &SearchFilter,
     limit: i64,
-    ef_search: i64,
-    plan: VectorPlan,
+    scan: VectorScan,
 ) {
-    let exact = plan == VectorPlan::Exact;
-    sql.push(if exact {
-        "(embedding <=> "
+    let exact = scan.plan == VectorPlan::Exact;
+    let index = if exact {
+        VectorIndex::Vector
     } else {
-        "embedding <=> "
-    })
-    .push_bind(Vector::from(vector.to_vec()))
-    .push(if exact { "::vector) + 0" } else { "::vector" })
-    .push(" AS distance FROM contexts WHERE ")
-    .push(VISIBLE)
-    .push(" AND embedding_status = 'ready'");
-    push_filters_with(sql, filter, plan == VectorPlan::Index);
+        scan.index
+    };
+    let rerank = index == VectorIndex::Bit;
+    if rerank {
+        sql.push(format!("SELECT {columns}, distance FROM ("));
+    }
+    sql.push(format!("SELECT {columns}, "));
+    if exact {
+        sql.push("(");
+    }
+    sql.push("embedding <=> ")
+        .push_bind(Vector::from(vector.to_vec()));
+    let query = last_placeholder(sql);
+    sql.push(if exact { "::vector) + 0" } else { "::vector" })
+        .push(" AS distance FROM contexts WHERE ")
+        .push(VISIBLE)
+        .push(" AND embedding_status = 'ready'");
+    push_filters_with(sql, filter, scan.plan == VectorPlan::Index);
     sql.push(" AND (SELECT set_config('hnsw.ef_search', ")
-        .push_bind(ef_search.to_string())
+        .push_bind(index.ef_search(limit).to_string())
         .push("::text, true) || set_config('hnsw.iterative_scan', 'relaxed_order', true)) IS NOT NULL");
-    sql.push(" ORDER BY distance LIMIT ")
-        .push_bind(limit)
+    let dim = scan.dim;
+    sql.push(match index {
+        VectorIndex::Vector => " ORDER BY distance".to_owned(),
+        VectorIndex::Halfvec => {
+            format!(" ORDER BY embedding::halfvec({dim}) <=> {query}::vector::halfvec({dim})")
+        }
+        VectorIndex::Bit => format!(
+            " ORDER BY binary_quantize(embedding)::bit({dim}) <~> binary_quantize({query}::vector)::bit({dim})"
+        ),
+    });
+    sql.push(" LIMIT ")
+        .push_bind(index.candidates(limit))
         .push("::int8");
+    if rerank {
+        sql.push(") candidates ORDER BY distance LIMIT ")
+            .push_bind(limit)
+            .push("::int8");
+    }
+}
+
+/// The placeholder (`$n`) the builder wrote last, for a parameter the
+/// statement names twice: bound once, its text is the same wherever used.
+fn last_placeholder(sql: &QueryBuilder<'_, Postgres>) -> String {
+    let text = sql.sql();
+    let start = text.rfind('$').expect("a parameter was just bound");
+    text[start..].to_owned()
 }
 
 /// ` AND ...` for each of the filter's conditions but the score.
@@ -802,13 +840,13 @@ pub fn hybrid_search_query<'a>(
     filter: &SearchFilter,
     k: TopK,
     fusion: &Fusion,
-    plan: VectorPlan,
+    scan: VectorScan,
 ) -> QueryBuilder<'a, Postgres> {
     let n = fusion.candidates.max(k.get());
     let mut sql = QueryBuilder::<Postgres>::new("");
     push_bm25(&mut sql, config, text, filter);
-    sql.push(", nearest AS MATERIALIZED (SELECT id, ");
-    push_nearest(&mut sql, vector, filter, n, ef_search(n), plan);
+    sql.push(", nearest AS MATERIALIZED (");
+    push_nearest(&mut sql, "id", vector, filter, n, scan);
     sql.push(
         "), by_vector AS (SELECT id, row_number() OVER (ORDER BY distance, id) AS r FROM nearest)",
     );

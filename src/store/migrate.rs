@@ -10,6 +10,8 @@ use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, Migrator};
 use sqlx::PgPool;
 
+use super::vector_index::{switch_vector_index, SwitchError, VectorIndex};
+
 static TEMPLATES: Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,8 @@ pub enum MigrateError {
     Other(#[from] sqlx::migrate::MigrateError),
     #[error("cannot read the recorded schema values: {0}")]
     Origin(#[from] sqlx::Error),
+    #[error("cannot switch the vector index: {0}")]
+    VectorIndex(#[from] SwitchError),
 }
 
 #[derive(Debug)]
@@ -41,13 +45,31 @@ pub struct Schema {
     /// A Postgres text-search configuration name (`english`), checked by
     /// the settings to be a plain identifier.
     pub text_search_config: String,
+    /// VECTOR_INDEX: the form of the HNSW index. `None` keeps the one a
+    /// database has; a new database gets the default.
+    pub vector_index: Option<VectorIndex>,
 }
 
 /// Applies the pending migrations. A database that records the values its
 /// migrations were first applied with (migration 6) is migrated with those:
 /// after `context-api reembed` its vectors may have another dimension than
 /// the one its first migration was built with, and that one must not change.
+///
+/// Then the HNSW index takes the form VECTOR_INDEX asks for, or the default
+/// in a new database (see [`switch_vector_index`]).
 pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<(), MigrateError> {
+    let fresh: bool = sqlx::query_scalar("SELECT to_regclass('contexts') IS NULL")
+        .fetch_one(pool)
+        .await?;
+    let vector_index = schema.vector_index.or(fresh.then(VectorIndex::default));
+    apply(pool, schema).await?;
+    if let Some(to) = vector_index {
+        switch_vector_index(pool, to).await?;
+    }
+    Ok(())
+}
+
+async fn apply(pool: &PgPool, schema: &Schema) -> Result<(), MigrateError> {
     let schema = match origin(pool).await? {
         Some(origin) => origin,
         None => schema.clone(),
@@ -90,5 +112,6 @@ async fn origin(pool: &PgPool) -> Result<Option<Schema>, sqlx::Error> {
     Ok(row.map(|(dim, text_search_config)| Schema {
         dim: dim as usize,
         text_search_config,
+        vector_index: None,
     }))
 }

@@ -7,16 +7,18 @@ mod rebuild;
 mod replicas;
 mod tenants;
 mod transfer;
+mod vector_index;
 
 pub use contexts::{
-    ef_search, hybrid_search_query, search_query, text_search_query, Claim, Current,
-    EmbeddingChange, PendingRow, Replacement,
+    hybrid_search_query, search_query, text_search_query, Claim, Current, EmbeddingChange,
+    PendingRow, Replacement,
 };
 pub use idempotency::{Answer, Recorded};
 pub use rebuild::{is_dimension_error, EmbeddingState, RebuildRow, SwitchLock, Target};
 pub use replicas::{ReplicaState, CHECK_INTERVAL as REPLICA_CHECK_INTERVAL};
-pub use tenants::VectorPlan;
+pub use tenants::{VectorPlan, VectorScan};
 pub use transfer::{Restored, Stored};
+pub use vector_index::{switch_vector_index, SwitchError, VectorIndex, BIT_RERANK};
 mod migrate;
 
 pub use migrate::{migrate, MigrateError, Schema};
@@ -80,6 +82,8 @@ pub struct Store {
     replicas: Arc<replicas::Replicas>,
     /// The users big enough to be searched through the index.
     tenants: Arc<tenants::TenantSizes>,
+    /// The form of the HNSW index, as the database records it.
+    vector_index: Arc<vector_index::ActiveIndex>,
 }
 
 impl Store {
@@ -123,6 +127,9 @@ impl Store {
             text_search_config: schema.text_search_config.clone(),
             replicas: Arc::default(),
             tenants: Arc::default(),
+            vector_index: Arc::new(vector_index::ActiveIndex::new(
+                schema.vector_index.unwrap_or_default(),
+            )),
         }
     }
 

@@ -13,7 +13,7 @@ use pgvector::Vector;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, VectorIndex};
 use crate::domain::ContextId;
 
 /// What the database says of its vectors.
@@ -82,16 +82,28 @@ impl Store {
     /// The state of the vectors: the column's dimension and the state row.
     #[tracing::instrument(name = "store.embedding_state", level = "debug", skip_all)]
     pub async fn embedding_state(&self) -> Result<EmbeddingState, StoreError> {
-        let row: (i32, Option<String>, Option<String>, Option<i32>, i64, i64) = sqlx::query_as(
+        type StateRow = (
+            i32,
+            Option<String>,
+            Option<String>,
+            Option<i32>,
+            i64,
+            i64,
+            String,
+        );
+        let row: StateRow = sqlx::query_as(
             "SELECT (SELECT a.atttypmod FROM pg_attribute a
                      WHERE a.attrelid = 'contexts'::regclass AND a.attname = 'embedding'
                        AND NOT a.attisdropped),
-                    active_model, target_model, target_dim, rows_done, rows_total
+                    active_model, target_model, target_dim, rows_done, rows_total, vector_index
              FROM embedding_state",
         )
         .fetch_one(&self.pool)
         .await?;
-        let (dim, active_model, target_model, target_dim, rows_done, rows_total) = row;
+        let (dim, active_model, target_model, target_dim, rows_done, rows_total, index) = row;
+        if let Some(index) = VectorIndex::parse(&index) {
+            self.set_vector_index(index);
+        }
         let state = EmbeddingState {
             active_dim: dim.max(0) as usize,
             active_model,
@@ -160,9 +172,11 @@ impl Store {
                     target.dim
                 ),
                 format!("ALTER TABLE contexts ALTER COLUMN embedding_next SET STORAGE {storage}"),
-                "CREATE INDEX contexts_embedding_next_hnsw_idx ON contexts \
-                 USING hnsw (embedding_next vector_cosine_ops)"
-                    .into(),
+                format!(
+                    "CREATE INDEX contexts_embedding_next_hnsw_idx ON contexts USING hnsw ({})",
+                    self.vector_index()
+                        .index_expression("embedding_next", target.dim)
+                ),
                 NEXT_TRIGGER.into(),
                 "CREATE TRIGGER contexts_embedding_next_clear BEFORE UPDATE OF embedding_text \
                  ON contexts FOR EACH ROW \

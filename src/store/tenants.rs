@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::Store;
+use super::{Store, VectorIndex};
 use crate::domain::SearchFilter;
 
 /// How often the users' sizes are read again from the statistics.
@@ -70,6 +70,16 @@ impl VectorPlan {
     }
 }
 
+/// Everything a vector search's statement is written from: the plan, the
+/// form of the index, and the vectors' dimension (which the index's
+/// expression names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VectorScan {
+    pub plan: VectorPlan,
+    pub index: VectorIndex,
+    pub dim: usize,
+}
+
 /// The rows above which a user is searched through the index, in a table of
 /// `table_rows`.
 pub fn exact_limit(table_rows: f64) -> f64 {
@@ -91,16 +101,20 @@ struct Snapshot {
 }
 
 impl TenantSizes {
-    /// `user`'s plan by the last sizes, and whether they are due for a refresh.
-    fn plan_of(&self, user: Uuid) -> (VectorPlan, bool) {
+    /// `user`'s plan by the last sizes.
+    fn plan_of(&self, user: Uuid) -> VectorPlan {
         let snapshot = self.snapshot.read().expect("tenant sizes lock");
-        let plan = if snapshot.big.contains(&user) {
+        if snapshot.big.contains(&user) {
             VectorPlan::Index
         } else {
             VectorPlan::Exact
-        };
-        let stale = snapshot.read_at.is_none_or(|at| at.elapsed() >= REFRESH);
-        (plan, stale)
+        }
+    }
+
+    /// Whether the sizes (and the index's form) are due for a refresh.
+    fn stale(&self) -> bool {
+        let snapshot = self.snapshot.read().expect("tenant sizes lock");
+        snapshot.read_at.is_none_or(|at| at.elapsed() >= REFRESH)
     }
 
     /// Replaces the big users (or, given `None`, keeps the last ones) and
@@ -115,21 +129,28 @@ impl TenantSizes {
 }
 
 impl Store {
-    /// The plan a vector search with `filter` takes (see the module's notes).
-    pub async fn vector_plan(&self, filter: &SearchFilter) -> VectorPlan {
-        let Some(user) = filter.user_id else {
-            return VectorPlan::Global;
-        };
-        match self.tenants.plan_of(user.0) {
-            (plan, false) => plan,
-            (_, true) => {
-                self.refresh_tenant_sizes().await;
-                self.tenants.plan_of(user.0).0
-            }
+    /// How a vector search with `filter` reaches its rows.
+    pub async fn vector_scan(&self, filter: &SearchFilter) -> VectorScan {
+        VectorScan {
+            plan: self.vector_plan(filter).await,
+            index: self.vector_index(),
+            dim: self.dim(),
         }
     }
 
-    /// Reads the users' sizes from the statistics now. One caller reads, the
+    /// The plan a vector search with `filter` takes (see the module's notes).
+    pub async fn vector_plan(&self, filter: &SearchFilter) -> VectorPlan {
+        if self.tenants.stale() {
+            self.refresh_tenant_sizes().await;
+        }
+        match filter.user_id {
+            None => VectorPlan::Global,
+            Some(user) => self.tenants.plan_of(user.0),
+        }
+    }
+
+    /// Reads the users' sizes from the statistics now, and the form of the
+    /// vector index (which `migrate` may switch). One caller reads, the
     /// others keep the last sizes meanwhile; a failure keeps them too, until
     /// the next refresh is due.
     pub async fn refresh_tenant_sizes(&self) {
@@ -139,7 +160,8 @@ impl Store {
         let read = sqlx::query!(
             r#"SELECT greatest(c.reltuples, 0)::float8 AS "rows!",
                       s.most_common_vals::text::uuid[] AS users,
-                      s.most_common_freqs AS shares
+                      s.most_common_freqs AS shares,
+                      (SELECT vector_index FROM embedding_state) AS vector_index
                FROM pg_class c
                LEFT JOIN pg_stats s ON s.schemaname = current_schema()
                     AND s.tablename = 'contexts' AND s.attname = 'user_id'
@@ -149,6 +171,9 @@ impl Store {
         .await;
         let big = match read {
             Ok(r) => {
+                if let Some(index) = r.vector_index.as_deref().and_then(VectorIndex::parse) {
+                    self.set_vector_index(index);
+                }
                 let limit = exact_limit(r.rows);
                 let users = r.users.unwrap_or_default().into_iter();
                 users

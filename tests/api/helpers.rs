@@ -60,6 +60,7 @@ pub fn schema(dim: usize) -> context_api::store::Schema {
     context_api::store::Schema {
         dim,
         text_search_config: "english".into(),
+        vector_index: None,
     }
 }
 

@@ -23,4 +23,5 @@ mod reembed;
 mod replicas;
 mod search;
 mod secrets;
+mod storage;
 mod transfer;

@@ -15,7 +15,7 @@
 //!   measured 0.8 ms against 15 to 24 ms for an iterative HNSW scan at this size.
 
 use context_api::domain::{json_object, Ranking, SearchFilter, TopK, UserId};
-use context_api::store::{search_query, Store, VectorPlan};
+use context_api::store::{search_query, Store, VectorIndex, VectorPlan, VectorScan};
 use serde_json::{json, Value};
 use sqlx::{Executor, PgPool, Row};
 use uuid::Uuid;
@@ -74,9 +74,15 @@ async fn settled_plan(
     query: &[f32],
     filter: &SearchFilter,
     plan: VectorPlan,
+    index: VectorIndex,
 ) -> Vec<String> {
     let k = TopK::parse(Some(10)).unwrap();
-    let statement = search_query(query, filter, k, plan);
+    let scan = VectorScan {
+        plan,
+        index,
+        dim: DIM,
+    };
+    let statement = search_query(query, filter, k, scan);
     let sql = statement.sql().to_owned();
     // The same parameters, as literals, in the order the builder bound them.
     let literal: Vec<String> = query.iter().map(f32::to_string).collect();
@@ -87,8 +93,17 @@ async fn settled_plan(
     if let Some(m) = &filter.metadata {
         args.push(format!("'{}'", Value::Object(m.clone())));
     }
-    args.push(format!("'{}'", context_api::store::ef_search(k.get())));
-    args.push(k.get().to_string());
+    // The exact plan reads no index, whatever its form.
+    let index = if plan == VectorPlan::Exact {
+        VectorIndex::Vector
+    } else {
+        index
+    };
+    args.push(format!("'{}'", index.ef_search(k.get())));
+    args.push(index.candidates(k.get()).to_string());
+    if index == VectorIndex::Bit {
+        args.push(k.get().to_string());
+    }
     let args = args.join(", ");
 
     let mut conn = pool.acquire().await.unwrap();
@@ -143,39 +158,43 @@ async fn search_uses_the_index_where_it_is_faster() {
         ..none.clone()
     };
 
-    assert_eq!(store.vector_plan(&none).await, VectorPlan::Global);
-    let plan = settled_plan(&pool, &query, &none, VectorPlan::Global).await;
-    assert!(
-        uses(&plan, HNSW),
-        "unfiltered search must scan the HNSW index, plan: {plan:?}"
-    );
+    for index in VectorIndex::ALL {
+        store.switch_vector_index(index).await.unwrap();
+        let index_name = index.as_str();
+        assert_eq!(store.vector_plan(&none).await, VectorPlan::Global);
+        let plan = settled_plan(&pool, &query, &none, VectorPlan::Global, index).await;
+        assert!(
+            uses(&plan, HNSW),
+            "unfiltered search must scan the {index_name} HNSW index, plan: {plan:?}"
+        );
 
-    assert_eq!(
-        store.vector_plan(&by_big_user).await,
-        VectorPlan::Index,
-        "a user with half of 10,000 rows is over the exact limit"
-    );
-    let plan = settled_plan(&pool, &query, &by_big_user, VectorPlan::Index).await;
-    assert!(
-        uses(&plan, HNSW),
-        "a big user's search must scan the HNSW index, plan: {plan:?}"
-    );
+        assert_eq!(
+            store.vector_plan(&by_big_user).await,
+            VectorPlan::Index,
+            "a user with half of 10,000 rows is over the exact limit"
+        );
+        let plan = settled_plan(&pool, &query, &by_big_user, VectorPlan::Index, index).await;
+        assert!(
+            uses(&plan, HNSW),
+            "a big user's search must scan the {index_name} HNSW index, plan: {plan:?}"
+        );
 
-    assert_eq!(
-        store.vector_plan(&by_small_user).await,
-        VectorPlan::Exact,
-        "a user with about 10 rows is under the exact limit"
-    );
-    let plan = settled_plan(&pool, &query, &by_small_user, VectorPlan::Exact).await;
-    assert!(
-        !uses(&plan, HNSW) && plan.iter().any(|n| n.contains(" on contexts_user_")),
-        "a small user's search must read its rows by the user's btree and sort them, plan: {plan:?}"
-    );
-    let plan = settled_plan(&pool, &query, &by_tag, VectorPlan::Global).await;
-    assert!(
-        uses(&plan, GIN) && !uses(&plan, HNSW),
-        "a 1% metadata filter is fastest as a GIN bitmap scan and an exact sort at 10,000 rows, plan: {plan:?}"
-    );
+        assert_eq!(
+            store.vector_plan(&by_small_user).await,
+            VectorPlan::Exact,
+            "a user with about 10 rows is under the exact limit"
+        );
+        let plan = settled_plan(&pool, &query, &by_small_user, VectorPlan::Exact, index).await;
+        assert!(
+            !uses(&plan, HNSW) && plan.iter().any(|n| n.contains(" on contexts_user_")),
+            "a small user's search must read its rows by the user's btree and sort them ({index_name}), plan: {plan:?}"
+        );
+        let plan = settled_plan(&pool, &query, &by_tag, VectorPlan::Global, index).await;
+        assert!(
+            uses(&plan, GIN) && !uses(&plan, HNSW),
+            "a 1% metadata filter is fastest as a GIN bitmap scan and an exact sort at 10,000 rows ({index_name}), plan: {plan:?}"
+        );
+    }
 }
 
 /// The search results of both plans are the user's own, best first; the
@@ -189,7 +208,11 @@ async fn both_plans_return_the_users_nearest() {
     let query = a_vector(&pool).await;
     let (big, small) = big_and_small_user(&pool).await;
     let k = TopK::parse(Some(10)).unwrap();
-    for (user, expected_plan) in [(small, VectorPlan::Exact), (big, VectorPlan::Index)] {
+    let cases = VectorIndex::ALL.into_iter().flat_map(|index| {
+        [(small, VectorPlan::Exact), (big, VectorPlan::Index)].map(|(u, p)| (index, u, p))
+    });
+    for (index, user, expected_plan) in cases {
+        store.switch_vector_index(index).await.unwrap();
         let filter = SearchFilter {
             user_id: Some(UserId(user)),
             context_type: None,
@@ -215,9 +238,13 @@ async fn both_plans_return_the_users_nearest() {
         assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1), "best first");
         let found = got.iter().filter(|id| exact.contains(id)).count();
         if expected_plan == VectorPlan::Exact {
-            assert_eq!(got, exact, "the exact plan is exact");
+            assert_eq!(got, exact, "the exact plan is exact ({})", index.as_str());
         } else {
-            assert!(found >= 8, "the index plan found {found} of the true 10");
+            assert!(
+                found >= 8,
+                "the index plan ({}) found {found} of the true 10",
+                index.as_str()
+            );
         }
     }
 }

@@ -190,6 +190,19 @@ async fn a_change_from_384_to_768_dimensions_under_load_fails_no_search_and_leav
     )
     .await;
     assert_eq!(column, NEW_DIM as i64);
+    // The new vectors' index has the form the old one had (a new database's halfvec).
+    let pool = a.db.pool().await;
+    let index: String = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'contexts_embedding_hnsw_idx'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        index.contains(&format!("(embedding)::halfvec({NEW_DIM})")),
+        "{index}"
+    );
+    pool.close().await;
 
     // The replicas follow: new vectors, the state in /ready and the metrics.
     let ready = a.ready_json().await;

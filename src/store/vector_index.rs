@@ -1,0 +1,280 @@
+//! The form in which the HNSW index holds the vectors (`VECTOR_INDEX`).
+//! The table always keeps the full `vector` column: exact searches, the
+//! scores returned and the re-ranking read it. Only the index changes:
+//!
+//! - `vector`: the vectors as stored, 4 bytes a dimension;
+//! - `halfvec`: an expression index on `embedding::halfvec(dim)`, 2 bytes a
+//!   dimension: half the index, the same recall (bench/results);
+//! - `bit`: an expression index on `binary_quantize(embedding)::bit(dim)`,
+//!   one bit a dimension, searched by Hamming distance for
+//!   [`BIT_RERANK`] times the candidates, which are then re-ranked by the
+//!   exact distance.
+//!
+//! The choice is recorded in `embedding_state.vector_index` (migration 7)
+//! and read by every serving instance (at start and every
+//! [`super::tenants::REFRESH`]). `context-api migrate` switches it: the new
+//! index is built beside the old one (`CREATE INDEX CONCURRENTLY`: reads and
+//! writes go on), the two switch names and the recorded choice in one short
+//! transaction, and the old index is dropped once every instance has had
+//! time to read the new choice.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use super::tenants::REFRESH;
+use super::{Store, StoreError};
+
+/// Candidates fetched by Hamming distance for each result a `bit` index
+/// returns, before the exact re-ranking.
+pub const BIT_RERANK: i64 = 10;
+
+/// pgvector's largest `hnsw.ef_search`.
+const MAX_EF_SEARCH: i64 = 1000;
+
+/// Tables above this many rows keep the old index for [`REFRESH`] after a
+/// switch, so that instances still on the old choice keep an index to use;
+/// a smaller table is scanned quickly enough without one.
+const GRACE_ROWS: f64 = 50_000.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VectorIndex {
+    Vector,
+    #[default]
+    Halfvec,
+    Bit,
+}
+
+impl VectorIndex {
+    pub const ALL: [VectorIndex; 3] = [VectorIndex::Vector, VectorIndex::Halfvec, VectorIndex::Bit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VectorIndex::Vector => "vector",
+            VectorIndex::Halfvec => "halfvec",
+            VectorIndex::Bit => "bit",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The largest dimension pgvector's HNSW index takes in this form.
+    pub fn max_dim(self) -> usize {
+        match self {
+            VectorIndex::Vector => 2_000,
+            VectorIndex::Halfvec => 4_000,
+            VectorIndex::Bit => 64_000,
+        }
+    }
+
+    /// The indexed expression over `column` (of `dim` dimensions) and its
+    /// operator class, as `CREATE INDEX ... USING hnsw (...)` takes them.
+    /// `dim` is a number and `column` one of ours: nothing here is input.
+    pub fn index_expression(self, column: &str, dim: usize) -> String {
+        match self {
+            VectorIndex::Vector => format!("{column} vector_cosine_ops"),
+            VectorIndex::Halfvec => format!("({column}::halfvec({dim})) halfvec_cosine_ops"),
+            VectorIndex::Bit => {
+                format!("(binary_quantize({column})::bit({dim})) bit_hamming_ops")
+            }
+        }
+    }
+
+    /// The rows an index scan must return for `limit` results.
+    pub fn candidates(self, limit: i64) -> i64 {
+        match self {
+            VectorIndex::Bit => limit * BIT_RERANK,
+            _ => limit,
+        }
+    }
+
+    /// The HNSW candidate list for `limit` results: twice the candidates,
+    /// never under pgvector's default of 40, nor over its limit of 1,000
+    /// (iterative scans go on past it when filters reject rows).
+    pub fn ef_search(self, limit: i64) -> i64 {
+        (self.candidates(limit) * 2).clamp(40, MAX_EF_SEARCH)
+    }
+
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(code: u8) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.code() == code)
+            .unwrap_or_default()
+    }
+}
+
+/// The recorded choice, shared by the store's clones.
+#[derive(Debug, Default)]
+pub(super) struct ActiveIndex(AtomicU8);
+
+impl ActiveIndex {
+    pub(super) fn new(index: VectorIndex) -> Self {
+        Self(AtomicU8::new(index.code()))
+    }
+
+    pub(super) fn get(&self) -> VectorIndex {
+        VectorIndex::from_code(self.0.load(Ordering::Relaxed))
+    }
+
+    pub(super) fn set(&self, index: VectorIndex) {
+        self.0.store(index.code(), Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("VECTOR_INDEX={0} cannot index {1} dimensions (at most {2})")]
+    TooManyDimensions(&'static str, usize, usize),
+    #[error("a re-embedding is under way: finish it (`context-api reembed`) before changing VECTOR_INDEX")]
+    RebuildUnderWay,
+    #[error("the database records an unknown vector index {0:?}")]
+    Unknown(String),
+}
+
+impl From<sqlx::Error> for SwitchError {
+    fn from(e: sqlx::Error) -> Self {
+        SwitchError::Store(e.into())
+    }
+}
+
+/// The choice recorded in the database.
+pub(super) async fn recorded(pool: &PgPool) -> Result<VectorIndex, SwitchError> {
+    let name: String = sqlx::query_scalar("SELECT vector_index FROM embedding_state")
+        .fetch_one(pool)
+        .await?;
+    VectorIndex::parse(&name).ok_or(SwitchError::Unknown(name))
+}
+
+impl Store {
+    /// The form of the HNSW index, as last read.
+    pub fn vector_index(&self) -> VectorIndex {
+        self.vector_index.get()
+    }
+
+    pub(super) fn set_vector_index(&self, index: VectorIndex) {
+        self.vector_index.set(index);
+    }
+
+    /// [`switch_vector_index`], and this store searches in the new form at once.
+    pub async fn switch_vector_index(&self, to: VectorIndex) -> Result<bool, SwitchError> {
+        let switched = switch_vector_index(&self.pool, to).await?;
+        self.set_vector_index(to);
+        Ok(switched)
+    }
+}
+
+/// Makes `to` the form of the HNSW index, if it is not already: builds it
+/// beside the current one, switches, then drops the old one (see the
+/// module's notes). Returns whether it switched. Resumable: an index left
+/// invalid by an interrupted build is dropped and built again.
+#[tracing::instrument(name = "store.switch_vector_index", skip(pool), fields(to = to.as_str()))]
+pub async fn switch_vector_index(pool: &PgPool, to: VectorIndex) -> Result<bool, SwitchError> {
+    let from = recorded(pool).await?;
+    // An old index a switch did not get to drop.
+    sqlx::query("DROP INDEX CONCURRENTLY IF EXISTS contexts_embedding_hnsw_old_idx")
+        .execute(pool)
+        .await?;
+    if from == to {
+        return Ok(false);
+    }
+    let (dim, rebuilding): (i32, bool) = sqlx::query_as(
+        "SELECT (SELECT a.atttypmod FROM pg_attribute a
+                 WHERE a.attrelid = 'contexts'::regclass AND a.attname = 'embedding'
+                   AND NOT a.attisdropped),
+                target_model IS NOT NULL
+         FROM embedding_state",
+    )
+    .fetch_one(pool)
+    .await?;
+    if rebuilding {
+        return Err(SwitchError::RebuildUnderWay);
+    }
+    let dim = dim.max(0) as usize;
+    if dim > to.max_dim() {
+        return Err(SwitchError::TooManyDimensions(
+            to.as_str(),
+            dim,
+            to.max_dim(),
+        ));
+    }
+    let started = std::time::Instant::now();
+    tracing::info!(
+        from = from.as_str(),
+        to = to.as_str(),
+        "building the new vector index beside the old one"
+    );
+    sqlx::query("DROP INDEX CONCURRENTLY IF EXISTS contexts_embedding_hnsw_next_idx")
+        .execute(pool)
+        .await?;
+    sqlx::query(&format!(
+        "CREATE INDEX CONCURRENTLY contexts_embedding_hnsw_next_idx ON contexts USING hnsw ({})",
+        to.index_expression("embedding", dim)
+    ))
+    .execute(pool)
+    .await?;
+    let mut tx = pool.begin().await?;
+    for sql in [
+        "ALTER INDEX contexts_embedding_hnsw_idx RENAME TO contexts_embedding_hnsw_old_idx",
+        "ALTER INDEX contexts_embedding_hnsw_next_idx RENAME TO contexts_embedding_hnsw_idx",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await?;
+    }
+    sqlx::query("UPDATE embedding_state SET vector_index = $1, updated_at = now()")
+        .bind(to.as_str())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(
+        to = to.as_str(),
+        seconds = started.elapsed().as_secs_f64(),
+        "switched the vector index"
+    );
+    let rows: f64 = sqlx::query_scalar(
+        "SELECT reltuples::float8 FROM pg_class WHERE oid = 'contexts'::regclass",
+    )
+    .fetch_one(pool)
+    .await?;
+    if rows > GRACE_ROWS {
+        let grace = REFRESH + Duration::from_secs(5);
+        tracing::info!(
+            seconds = grace.as_secs(),
+            "keeping the old index while the serving instances read the switch"
+        );
+        tokio::time::sleep(grace).await;
+    }
+    sqlx::query("DROP INDEX CONCURRENTLY IF EXISTS contexts_embedding_hnsw_old_idx")
+        .execute(pool)
+        .await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_codes_are_distinct() {
+        for v in VectorIndex::ALL {
+            assert_eq!(VectorIndex::parse(v.as_str()), Some(v));
+            assert_eq!(VectorIndex::from_code(v.code()), v);
+        }
+        assert_eq!(VectorIndex::parse("halfvec(768)"), None);
+    }
+
+    #[test]
+    fn a_bit_index_fetches_more_candidates_within_pgvectors_limit() {
+        assert_eq!(VectorIndex::Vector.ef_search(10), 40);
+        assert_eq!(VectorIndex::Halfvec.ef_search(100), 200);
+        assert_eq!(VectorIndex::Bit.candidates(10), 10 * BIT_RERANK);
+        assert_eq!(VectorIndex::Bit.ef_search(100), MAX_EF_SEARCH);
+    }
+}

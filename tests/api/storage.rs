@@ -1,0 +1,166 @@
+//! The form of the HNSW index (VECTOR_INDEX), as an operator meets it: a new
+//! database gets `halfvec`; `context-api migrate` switches to another form
+//! by building it beside the old one while searches go on, and leaves one
+//! index; an unset VECTOR_INDEX keeps what a database has; a wrong value is
+//! refused by name. (Each form's plans and recall: tests/api/plan.rs.)
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::{binary, result_ids, spawn_app, TestApp, DIM};
+
+/// The definition of the index searches use.
+async fn index_definition(pool: &PgPool) -> String {
+    sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'contexts_embedding_hnsw_idx'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Every HNSW index on the table, valid or not.
+async fn hnsw_indexes(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes
+         WHERE tablename = 'contexts' AND indexdef LIKE '%USING hnsw%' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn recorded(pool: &PgPool) -> String {
+    sqlx::query_scalar("SELECT vector_index FROM embedding_state")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// `context-api migrate` on the app's database, with VECTOR_INDEX when given.
+async fn migrate(app: &TestApp, vector_index: Option<&str>) -> std::process::Output {
+    let mut cmd = binary();
+    cmd.env("DATABASE_URL", &app.db.url)
+        .env("EMBEDDING_DIM", DIM.to_string())
+        .env("LOG_LEVEL", "info")
+        .env_remove("VECTOR_INDEX")
+        .arg("migrate");
+    if let Some(v) = vector_index {
+        cmd.env("VECTOR_INDEX", v);
+    }
+    tokio::process::Command::from(cmd).output().await.unwrap()
+}
+
+/// What a command printed: the logs go to stdout, errors to stderr.
+fn output(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn nearest(app: &TestApp) -> Vec<String> {
+    let resp = app
+        .search(json!({"query": "memory number 7", "k": 5}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    result_ids(&resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn migrate_switches_the_vector_index_beside_the_old_one_while_searches_go_on() {
+    let app = spawn_app().await;
+    let pool = app.db.pool().await;
+    let definition = index_definition(&pool).await;
+    assert!(
+        definition.contains(&format!("halfvec({DIM})"))
+            && definition.contains("halfvec_cosine_ops"),
+        "a new database gets the halfvec index: {definition}"
+    );
+    assert_eq!(recorded(&pool).await, "halfvec");
+    for i in 0..40 {
+        app.create(
+            app.alice.id,
+            json!({"content": {"text": format!("memory number {i}")}}),
+        )
+        .await;
+    }
+    let before = nearest(&app).await;
+    assert_eq!(before.len(), 5);
+
+    // Searches run all along, on the instance that started before the switches.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (searches, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (client, url) = (app.client.clone(), app.url("/contexts/search"));
+        let (stop, searches, failures) = (stop.clone(), searches.clone(), failures.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(crate::helpers::ADMIN_KEY)
+                    .json(&json!({"query": "memory number 7", "k": 5}))
+                    .send()
+                    .await;
+                searches.fetch_add(1, Ordering::SeqCst);
+                if !resp.is_ok_and(|r| r.status() == 200) {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+
+    for (form, marks) in [
+        ("bit", ["binary_quantize(embedding)", "bit_hamming_ops"]),
+        ("vector", ["(embedding vector_cosine_ops)", "hnsw"]),
+        ("halfvec", ["halfvec_cosine_ops", "halfvec("]),
+    ] {
+        let out = migrate(&app, Some(form)).await;
+        let log = output(&out);
+        assert!(out.status.success(), "migrate to {form}: {log}");
+        assert!(log.contains("switched the vector index"), "{log}");
+        let definition = index_definition(&pool).await;
+        assert!(
+            marks.iter().all(|m| definition.contains(m)),
+            "{form}: {definition}"
+        );
+        assert_eq!(
+            hnsw_indexes(&pool).await,
+            ["contexts_embedding_hnsw_idx"],
+            "{form}: the old index is dropped, no half-built one is left"
+        );
+        assert_eq!(recorded(&pool).await, form);
+        // An instance started now searches in the new form and finds the
+        // same: the text itself first, and its neighbours (a bit index of 16
+        // dimensions has ties enough to lose one).
+        let fresh = app.sibling().await;
+        let found = nearest(&fresh).await;
+        assert_eq!(found[0], before[0], "{form}");
+        let common = found.iter().filter(|id| before.contains(id)).count();
+        assert!(common >= 4, "{form}: {found:?} against {before:?}");
+    }
+
+    // Unset, a database keeps its index; a form that does not exist is refused.
+    let out = migrate(&app, None).await;
+    assert!(out.status.success());
+    assert!(!output(&out).contains("switched the vector index"));
+    assert!(index_definition(&pool).await.contains("halfvec_cosine_ops"));
+    let out = migrate(&app, Some("pq")).await;
+    assert!(!out.status.success());
+    let log = output(&out);
+    assert!(log.contains("VECTOR_INDEX") && log.contains("pq"), "{log}");
+
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    let searches = searches.load(Ordering::SeqCst);
+    assert!(
+        searches >= 10,
+        "searches ran through the switches: {searches}"
+    );
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "of {searches} searches");
+    assert_eq!(nearest(&app).await[0], before[0]);
+}
