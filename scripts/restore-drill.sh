@@ -146,9 +146,19 @@ ok "$(wc -l <"$WORK/after.txt") searches (4 queries x vector, text, hybrid) give
 valid="$("$PSQL" -X -qtA "${TEST_DATABASE_URL%/*}/$DST" -c \
     "SELECT indisvalid AND indisready FROM pg_index WHERE indexrelid = 'contexts_embedding_hnsw_idx'::regclass")"
 [[ "$valid" == "t" ]] || die "the HNSW index is not valid after the restore"
+# The ORDER BY the index serves, in the form the database records (VECTOR_INDEX).
+read -r form dim < <("$PSQL" -X -qtA -F ' ' "${TEST_DATABASE_URL%/*}/$DST" -c \
+    "SELECT vector_index, vector_dims(embedding) FROM embedding_state, contexts WHERE embedding IS NOT NULL LIMIT 1")
+q="(SELECT embedding FROM contexts WHERE embedding IS NOT NULL LIMIT 1)"
+case "$form" in
+    vector) order="embedding <=> $q" ;;
+    halfvec) order="embedding::halfvec($dim) <=> $q::halfvec($dim)" ;;
+    bit) order="binary_quantize(embedding)::bit($dim) <~> binary_quantize($q)::bit($dim)" ;;
+    *) die "unknown vector index form: '$form'" ;;
+esac
 plan="$("$PSQL" -X -qtA "${TEST_DATABASE_URL%/*}/$DST" -c "SET enable_seqscan = off" -c \
-    "EXPLAIN SELECT id FROM contexts ORDER BY embedding <=> (SELECT embedding FROM contexts WHERE embedding IS NOT NULL LIMIT 1) LIMIT 10")"
+    "EXPLAIN SELECT id FROM contexts ORDER BY $order LIMIT 10")"
 grep -q "Index Scan using contexts_embedding_hnsw_idx" <<<"$plan" || { echo "$plan" >&2; die "the HNSW index is not used"; }
-ok "the HNSW index is valid and answers nearest-neighbour scans"
+ok "the HNSW index ($form) is valid and answers nearest-neighbour scans"
 phase ""
 log "restore drill passed"
