@@ -60,6 +60,10 @@ enum Command {
         /// Contexts a batch (one statement).
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=5000))]
         batch_size: u16,
+        /// Batches written at once, each on its own connection (at most
+        /// DB_POOL_MAX): the database's cores share the index's maintenance.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
     },
     /// After a change of model or dimension (EMBEDDING_*): embed every
     /// context again with the configured model into a new column and index,
@@ -194,13 +198,20 @@ pub async fn run(cli: Cli) -> ExitCode {
             file,
             on_error,
             batch_size,
+            jobs,
         } => {
             let settings = match TransferSettings::load() {
                 Ok(s) => s,
                 Err(e) => return config_error(e),
             };
             telemetry::init_logging(&settings.log);
-            exit_on(import(&settings, &file, on_error, batch_size.into()).await)
+            let options = transfer::ImportOptions {
+                batch: batch_size.into(),
+                // Each batch holds a connection of the pool.
+                jobs: usize::from(jobs).min(settings.database.pool_max as usize),
+                on_error,
+            };
+            exit_on(import(&settings, &file, options).await)
         }
         Command::Reembed { batch_size } => {
             let settings = match TransferSettings::load() {
@@ -285,8 +296,7 @@ async fn export(
 async fn import(
     settings: &TransferSettings,
     file: &std::path::Path,
-    on_error: transfer::OnError,
-    batch_size: usize,
+    options: transfer::ImportOptions,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (input, bytes): (Box<dyn std::io::BufRead>, u64) = if file == std::path::Path::new("-") {
         (Box::new(std::io::stdin().lock()), 0)
@@ -297,7 +307,7 @@ async fn import(
     };
     let store = Store::connect(&settings.database, &settings.schema).await?;
     let embedder = Embedder::build(&settings.embeddings).await?;
-    let done = transfer::import(&store, &embedder, input, bytes, batch_size, on_error).await?;
+    let done = transfer::import(&store, &embedder, input, bytes, options).await?;
     tracing::info!(
         written = done.written,
         already_present = done.present,

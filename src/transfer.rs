@@ -268,22 +268,49 @@ pub struct Imported {
     pub pending: u64,
 }
 
-/// Reads `input` (NDJSON [`Record`]s) and writes it in batches of `batch`,
-/// each one statement: a batch is written whole or not at all. Ids already
-/// stored are skipped, so running an import again after an interruption
-/// resumes it.
+impl Imported {
+    fn add(&mut self, other: Imported) {
+        self.written += other.written;
+        self.present += other.present;
+        self.invalid += other.invalid;
+        self.reembedded += other.reembedded;
+        self.pending += other.pending;
+    }
+}
+
+/// How to write an import.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportOptions {
+    /// Contexts a batch (one statement).
+    pub batch: usize,
+    /// Batches written at once, each on its own connection, so that the
+    /// database's cores share the index maintenance.
+    pub jobs: usize,
+    pub on_error: OnError,
+}
+
+/// Reads `input` (NDJSON [`Record`]s) and writes it in batches, each one
+/// statement: a batch is written whole or not at all. Up to `jobs` batches
+/// are written at once, while the next lines are read. Ids already stored are
+/// skipped, so running an import again after an interruption resumes it,
+/// whichever of its batches had been written.
 pub async fn import(
     store: &Store,
     embedder: &Embedder,
     input: impl BufRead,
     input_bytes: u64,
-    batch: usize,
-    on_error: OnError,
+    options: ImportOptions,
 ) -> Result<Imported, TransferError> {
+    let ImportOptions {
+        batch,
+        jobs,
+        on_error,
+    } = options;
     let model = embedder.model().await.map_err(TransferError::Model)?;
     let mut progress = Progress::new("import", "bytes", input_bytes);
     let mut report = Imported::default();
     let mut pending: Vec<(Restored, bool)> = Vec::with_capacity(batch);
+    let mut writing = tokio::task::JoinSet::new();
     let mut line_no = 0u64;
     for line in input.lines() {
         let line = line?;
@@ -301,6 +328,10 @@ pub async fn import(
                 eprintln!("line {line_no}: {message}");
                 report.invalid += 1;
                 if on_error == OnError::Fail {
+                    // The batches before this line are written; its own is not.
+                    while let Some(done) = writing.join_next().await {
+                        report.add(joined(done)?);
+                    }
                     return Err(TransferError::Invalid {
                         line: line_no,
                         message,
@@ -309,12 +340,31 @@ pub async fn import(
             }
         }
         if pending.len() >= batch {
-            write_batch(store, embedder, &mut pending, &mut report).await?;
+            let items = std::mem::replace(&mut pending, Vec::with_capacity(batch));
+            writing.spawn(write_batch(store.clone(), embedder.clone(), items));
+            while writing.len() >= jobs.max(1) {
+                let done = writing.join_next().await.expect("a batch is being written");
+                report.add(joined(done)?);
+            }
         }
     }
-    write_batch(store, embedder, &mut pending, &mut report).await?;
+    writing.spawn(write_batch(store.clone(), embedder.clone(), pending));
+    while let Some(done) = writing.join_next().await {
+        report.add(joined(done)?);
+    }
     progress.finish();
     Ok(report)
+}
+
+/// A batch's outcome; a panic in its task goes on in the caller.
+fn joined(
+    done: Result<Result<Imported, TransferError>, tokio::task::JoinError>,
+) -> Result<Imported, TransferError> {
+    match done {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(TransferError::Io(std::io::Error::other(e))),
+    }
 }
 
 /// The limits every request body is held to (NUL characters, sizes, depth).
@@ -323,13 +373,13 @@ fn check_line(line: &str) -> Result<(), String> {
 }
 
 async fn write_batch(
-    store: &Store,
-    embedder: &Embedder,
-    items: &mut Vec<(Restored, bool)>,
-    report: &mut Imported,
-) -> Result<(), TransferError> {
+    store: Store,
+    embedder: Embedder,
+    mut items: Vec<(Restored, bool)>,
+) -> Result<Imported, TransferError> {
+    let mut report = Imported::default();
     if items.is_empty() {
-        return Ok(());
+        return Ok(report);
     }
     let ids: Vec<Uuid> = items.iter().map(|(r, _)| r.new.id.0).collect();
     let present = store.existing_ids(&ids).await?;
@@ -354,7 +404,7 @@ async fn write_batch(
             }
         }
     }
-    let restored: Vec<Restored> = items.drain(..).map(|(r, _)| r).collect();
+    let restored: Vec<Restored> = items.into_iter().map(|(r, _)| r).collect();
     report.written += store.restore_many(&restored).await?;
-    Ok(())
+    Ok(report)
 }

@@ -169,6 +169,49 @@ async fn export_import_export_is_byte_for_byte_the_same() {
     assert_eq!(count(&empty).await, 4);
 }
 
+/// Batches written at once (`--jobs`) write every line once, resume as one
+/// at a time does, and an invalid line still stops the import with every
+/// batch before it written whole.
+#[tokio::test]
+async fn batches_written_at_once_write_every_line_once() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let exported: Vec<Value> = export(&app, &app.db.url, &[])
+        .await
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // 300 lines: the exported ones again and again, each with an id of its own.
+    let lines: Vec<String> = (0..300)
+        .map(|i| {
+            let mut line = exported[i % exported.len()].clone();
+            line["id"] = json!(uuid::Uuid::now_v7());
+            line.to_string()
+        })
+        .collect();
+    let (_dir, file) = temp_file("many.ndjson", &lines.join("\n"));
+    let db = TestDb::create(DIM).await;
+    let args = ["--batch-size", "7", "--jobs", "4"];
+    let out = import(&app, &db.url, &file, &args).await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("300 written, 0 already present"), "{said}");
+    assert_eq!(count(&db).await, 300);
+    let out = import(&app, &db.url, &file, &args).await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("0 written, 300 already present"), "{said}");
+
+    // An invalid line 200: the 28 batches of 7 before it are written, whole.
+    let mut bad = lines.clone();
+    bad[199] = r#"{"id": "not a uuid"}"#.into();
+    let (_dir, file) = temp_file("bad.ndjson", &bad.join("\n"));
+    let db = TestDb::create(DIM).await;
+    let out = import(&app, &db.url, &file, &args).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 200"));
+    assert_eq!(count(&db).await, 28 * 7);
+}
+
 #[tokio::test]
 async fn an_invalid_line_is_named_and_no_batch_is_half_written() {
     let app = spawn_app().await;
