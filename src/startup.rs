@@ -67,7 +67,9 @@ pub struct App {
 /// prepares the cache and the embedding client.
 pub async fn contexts(settings: &Settings, migrate: bool) -> Result<Contexts, StartupError> {
     let schema = settings.schema();
-    let store = Store::connect(&settings.database, &schema).await?;
+    let store = Store::connect(&settings.database, &schema)
+        .await?
+        .with_ef_search(settings.search.ef_search);
     if migrate {
         store::migrate(store.pool(), &schema).await?;
     }

@@ -117,6 +117,8 @@ settings! {
     text_search_config: String = "english".into();
     /// form of the HNSW index: `halfvec` (half the size of `vector`), `vector`, or `bit` (binary quantization, a tenth of the size, re-ranked by the exact distance; see Scaling for its recall); `migrate` builds a new one beside the old and switches; unset: a database keeps its index, a new one gets `halfvec`
     vector_index: Option<String> = None;
+    /// vector search: the HNSW candidate list (`hnsw.ef_search`), at least twice the results asked for (for a `bit` index, twice its candidates), 40 to 1000; higher finds more of the true nearest, at some cost (see Scaling)
+    hnsw_ef_search: u32 = crate::store::DEFAULT_EF_SEARCH as u32;
     /// hybrid search: k of reciprocal rank fusion (a result's score is the sum of `weight / (k + rank)`)
     hybrid_rrf_k: f64 = 60.0;
     /// hybrid search: weight of the vector ranking

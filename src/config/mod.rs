@@ -133,6 +133,8 @@ pub struct SearchSettings {
     pub fusion: Fusion,
     /// VECTOR_INDEX, for `serve --migrate`.
     pub vector_index: Option<VectorIndex>,
+    /// HNSW_EF_SEARCH: the least HNSW candidate list of a vector search.
+    pub ef_search: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -532,6 +534,12 @@ impl SearchSettings {
                 Err(err(var, format!("must be a number above 0, got {v}")))
             }
         };
+        if !(40..=1000).contains(&raw.hnsw_ef_search) {
+            return Err(err(
+                "HNSW_EF_SEARCH",
+                format!("must be between 40 and 1000, got {}", raw.hnsw_ef_search),
+            ));
+        }
         if !(1..=500).contains(&raw.hybrid_candidates) {
             return Err(err(
                 "HYBRID_CANDIDATES",
@@ -541,6 +549,7 @@ impl SearchSettings {
         Ok(Self {
             text_search_config: text_search_config(raw)?,
             vector_index: vector_index(raw)?,
+            ef_search: i64::from(raw.hnsw_ef_search),
             fusion: Fusion {
                 k: finite_positive("HYBRID_RRF_K", raw.hybrid_rrf_k)?,
                 vector_weight: finite_positive("HYBRID_VECTOR_WEIGHT", raw.hybrid_vector_weight)?,
@@ -754,6 +763,38 @@ mod tests {
             jail.set_env("EMBEDDING_DIM", "many");
             let e = load().unwrap_err().to_string();
             assert!(e.contains("EMBEDDING_DIM"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_vector_index_and_its_candidate_list_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.set_env("DATABASE_URL", "postgres://db/app");
+            jail.set_env("EMBEDDING_SERVICE_URL", "http://e");
+            jail.set_env("AUTH_DISABLED", "true");
+            let s = load().unwrap();
+            assert_eq!(s.search.vector_index, None, "unset: the database's own");
+            assert_eq!(s.search.ef_search, 100);
+            jail.set_env("VECTOR_INDEX", "bit");
+            jail.set_env("HNSW_EF_SEARCH", "200");
+            let s = load().unwrap();
+            assert_eq!(s.schema().vector_index, Some(VectorIndex::Bit));
+            assert_eq!(s.search.ef_search, 200);
+            jail.set_env("HNSW_EF_SEARCH", "20");
+            let e = load().unwrap_err().to_string();
+            assert!(e.contains("HNSW_EF_SEARCH") && e.contains("20"), "{e}");
+            jail.set_env("HNSW_EF_SEARCH", "100");
+            jail.set_env("VECTOR_INDEX", "pq");
+            let e = load().unwrap_err().to_string();
+            assert!(e.contains("VECTOR_INDEX") && e.contains("pq"), "{e}");
+            // vector indexes at most 2,000 dimensions, halfvec 4,000.
+            jail.set_env("VECTOR_INDEX", "vector");
+            jail.set_env("EMBEDDING_DIM", "3072");
+            let e = load().unwrap_err().to_string();
+            assert!(e.contains("VECTOR_INDEX") && e.contains("3072"), "{e}");
+            jail.set_env("VECTOR_INDEX", "halfvec");
+            assert!(load().is_ok());
             Ok(())
         });
     }

@@ -368,6 +368,7 @@ impl Store {
             plan: VectorPlan::Global,
             index: self.vector_index(),
             dim: self.dim(),
+            ef_search: self.ef_search,
         });
         let rows: Vec<ScoredRow> = self
             .on_replica(|pool| async move {
@@ -692,7 +693,7 @@ fn push_nearest(
         .push(" AND embedding_status = 'ready'");
     push_filters_with(sql, filter, scan.plan == VectorPlan::Index);
     sql.push(" AND (SELECT set_config('hnsw.ef_search', ")
-        .push_bind(index.ef_search(limit).to_string())
+        .push_bind(index.ef_search(limit, scan.ef_search).to_string())
         .push("::text, true) || set_config('hnsw.iterative_scan', 'relaxed_order', true)) IS NOT NULL");
     let dim = scan.dim;
     sql.push(match index {

@@ -78,6 +78,8 @@ pub struct VectorScan {
     pub plan: VectorPlan,
     pub index: VectorIndex,
     pub dim: usize,
+    /// The least HNSW candidate list (HNSW_EF_SEARCH).
+    pub ef_search: i64,
 }
 
 /// The rows above which a user is searched through the index, in a table of
@@ -135,6 +137,7 @@ impl Store {
             plan: self.vector_plan(filter).await,
             index: self.vector_index(),
             dim: self.dim(),
+            ef_search: self.ef_search,
         }
     }
 

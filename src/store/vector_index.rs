@@ -92,10 +92,10 @@ impl VectorIndex {
     }
 
     /// The HNSW candidate list for `limit` results: twice the candidates,
-    /// never under pgvector's default of 40, nor over its limit of 1,000
-    /// (iterative scans go on past it when filters reject rows).
-    pub fn ef_search(self, limit: i64) -> i64 {
-        (self.candidates(limit) * 2).clamp(40, MAX_EF_SEARCH)
+    /// never under `least` (HNSW_EF_SEARCH), nor over pgvector's limit of
+    /// 1,000 (iterative scans go on past it when filters reject rows).
+    pub fn ef_search(self, limit: i64, least: i64) -> i64 {
+        (self.candidates(limit) * 2).max(least).min(MAX_EF_SEARCH)
     }
 
     fn code(self) -> u8 {
@@ -272,9 +272,11 @@ mod tests {
 
     #[test]
     fn a_bit_index_fetches_more_candidates_within_pgvectors_limit() {
-        assert_eq!(VectorIndex::Vector.ef_search(10), 40);
-        assert_eq!(VectorIndex::Halfvec.ef_search(100), 200);
+        assert_eq!(VectorIndex::Vector.ef_search(10, 40), 40);
+        assert_eq!(VectorIndex::Halfvec.ef_search(10, 100), 100);
+        assert_eq!(VectorIndex::Halfvec.ef_search(100, 100), 200);
         assert_eq!(VectorIndex::Bit.candidates(10), 10 * BIT_RERANK);
-        assert_eq!(VectorIndex::Bit.ef_search(100), MAX_EF_SEARCH);
+        assert_eq!(VectorIndex::Bit.ef_search(10, 100), 200);
+        assert_eq!(VectorIndex::Bit.ef_search(100, 100), MAX_EF_SEARCH);
     }
 }

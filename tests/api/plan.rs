@@ -81,6 +81,7 @@ async fn settled_plan(
         plan,
         index,
         dim: DIM,
+        ef_search: context_api::store::DEFAULT_EF_SEARCH,
     };
     let statement = search_query(query, filter, k, scan);
     let sql = statement.sql().to_owned();
@@ -99,7 +100,10 @@ async fn settled_plan(
     } else {
         index
     };
-    args.push(format!("'{}'", index.ef_search(k.get())));
+    args.push(format!(
+        "'{}'",
+        index.ef_search(k.get(), context_api::store::DEFAULT_EF_SEARCH)
+    ));
     args.push(index.candidates(k.get()).to_string());
     if index == VectorIndex::Bit {
         args.push(k.get().to_string());
