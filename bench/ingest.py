@@ -156,7 +156,7 @@ class Bench:
             if stored != rows:
                 self.failures.append(f"{form}: {stored} rows stored of {rows} sent")
             size = self.sql("SELECT pg_relation_size('contexts_embedding_hnsw_idx')")[0][0]
-            tenth = max(1, rows // 10)
+            tenth = max(rows // 10, self.args.batch * self.args.clients)
             windows, last_rows, last_t = [], 0, t0
             for done, t in marks:
                 if done - last_rows >= tenth or done == rows:
