@@ -64,6 +64,15 @@ enum Command {
         /// DB_POOL_MAX): the database's cores share the index's maintenance.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
         jobs: u16,
+        /// For a large load: drop the HNSW index, load without its
+        /// maintenance, then build it once (in parallel, without blocking
+        /// writes). Searches that used the index read rows exactly meanwhile.
+        #[arg(long)]
+        defer_index: bool,
+        /// The deferred build's maintenance_work_mem (e.g. 2GB; the graph
+        /// built in memory is many times faster); default: the server's.
+        #[arg(long, requires = "defer_index")]
+        maintenance_work_mem: Option<String>,
     },
     /// After a change of model or dimension (EMBEDDING_*): embed every
     /// context again with the configured model into a new column and index,
@@ -199,6 +208,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             on_error,
             batch_size,
             jobs,
+            defer_index,
+            maintenance_work_mem,
         } => {
             let settings = match TransferSettings::load() {
                 Ok(s) => s,
@@ -210,6 +221,8 @@ pub async fn run(cli: Cli) -> ExitCode {
                 // Each batch holds a connection of the pool.
                 jobs: usize::from(jobs).min(settings.database.pool_max as usize),
                 on_error,
+                defer_index,
+                maintenance_work_mem,
             };
             exit_on(import(&settings, &file, options).await)
         }

@@ -117,6 +117,12 @@ pub async fn check_schema(
             "VECTOR_INDEX differs from the database's index: `context-api migrate` switches it"
         );
     }
+    if !store::has_vector_index(store.pool()).await.unwrap_or(true) {
+        tracing::warn!(
+            "the HNSW index is missing (a bulk import that did not finish?): searches over many \
+             rows read them exactly; `context-api migrate` builds it"
+        );
+    }
     let column = vectors.active_dim;
     let previous_fits = previous_dim == Some(column);
     let rebuilding_for_it = vectors.target.as_ref().is_some_and(|t| t.dim == dim);

@@ -117,6 +117,8 @@ pub enum TransferError {
     Model(crate::embeddings::EmbedError),
     #[error("line {line}: {message}")]
     Invalid { line: u64, message: String },
+    #[error("the HNSW index: {0}")]
+    Index(#[from] crate::store::SwitchError),
 }
 
 /// Progress on stderr: a bar with rate and ETA on a terminal, else a plain
@@ -279,7 +281,7 @@ impl Imported {
 }
 
 /// How to write an import.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ImportOptions {
     /// Contexts a batch (one statement).
     pub batch: usize,
@@ -287,6 +289,11 @@ pub struct ImportOptions {
     /// database's cores share the index maintenance.
     pub jobs: usize,
     pub on_error: OnError,
+    /// Drop the HNSW index for the load and build it once after, in the
+    /// recorded form (see [`crate::store::drop_vector_index`]).
+    pub defer_index: bool,
+    /// The index build's `maintenance_work_mem` (`2GB`), else the server's.
+    pub maintenance_work_mem: Option<String>,
 }
 
 /// Reads `input` (NDJSON [`Record`]s) and writes it in batches, each one
@@ -305,8 +312,18 @@ pub async fn import(
         batch,
         jobs,
         on_error,
+        defer_index,
+        maintenance_work_mem,
     } = options;
     let model = embedder.model().await.map_err(TransferError::Model)?;
+    if defer_index {
+        crate::store::drop_vector_index(store.pool()).await?;
+        eprintln!(
+            "import: the HNSW index is dropped for the load and built after it; searches that \
+             used it read the rows exactly meanwhile (if this import stops, run it again, or \
+             `context-api migrate`, to build the index)"
+        );
+    }
     let mut progress = Progress::new("import", "bytes", input_bytes);
     let mut report = Imported::default();
     let mut pending: Vec<(Restored, bool)> = Vec::with_capacity(batch);
@@ -353,6 +370,15 @@ pub async fn import(
         report.add(joined(done)?);
     }
     progress.finish();
+    if defer_index {
+        let started = std::time::Instant::now();
+        eprintln!("import: building the HNSW index ...");
+        crate::store::ensure_vector_index(store.pool(), maintenance_work_mem.as_deref()).await?;
+        eprintln!(
+            "import: built the HNSW index in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(report)
 }
 

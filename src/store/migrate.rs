@@ -10,7 +10,7 @@ use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, Migrator};
 use sqlx::PgPool;
 
-use super::vector_index::{switch_vector_index, SwitchError, VectorIndex};
+use super::vector_index::{ensure_vector_index, switch_vector_index, SwitchError, VectorIndex};
 
 static TEMPLATES: Migrator = sqlx::migrate!("./migrations");
 
@@ -56,7 +56,8 @@ pub struct Schema {
 /// the one its first migration was built with, and that one must not change.
 ///
 /// Then the HNSW index takes the form VECTOR_INDEX asks for, or the default
-/// in a new database (see [`switch_vector_index`]).
+/// in a new database (see [`switch_vector_index`]), and is built if an
+/// interrupted bulk import left it missing.
 pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<(), MigrateError> {
     let fresh: bool = sqlx::query_scalar("SELECT to_regclass('contexts') IS NULL")
         .fetch_one(pool)
@@ -66,6 +67,8 @@ pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<(), MigrateError>
     if let Some(to) = vector_index {
         switch_vector_index(pool, to).await?;
     }
+    // An index dropped by a bulk import that did not finish.
+    ensure_vector_index(pool, None).await?;
     Ok(())
 }
 

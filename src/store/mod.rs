@@ -18,7 +18,10 @@ pub use rebuild::{is_dimension_error, EmbeddingState, RebuildRow, SwitchLock, Ta
 pub use replicas::{ReplicaState, CHECK_INTERVAL as REPLICA_CHECK_INTERVAL};
 pub use tenants::{VectorPlan, VectorScan};
 pub use transfer::{Restored, Stored};
-pub use vector_index::{switch_vector_index, SwitchError, VectorIndex, BIT_RERANK};
+pub use vector_index::{
+    drop_vector_index, ensure_vector_index, has_vector_index, switch_vector_index, SwitchError,
+    VectorIndex, BIT_RERANK,
+};
 mod migrate;
 
 pub use migrate::{migrate, MigrateError, Schema};

@@ -206,6 +206,19 @@ pub async fn switch_vector_index(pool: &PgPool, to: VectorIndex) -> Result<bool,
             to.max_dim(),
         ));
     }
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('contexts_embedding_hnsw_idx') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if !exists {
+        // Nothing to build beside (a bulk import dropped it): build it anew.
+        sqlx::query("UPDATE embedding_state SET vector_index = $1, updated_at = now()")
+            .bind(to.as_str())
+            .execute(pool)
+            .await?;
+        ensure_vector_index(pool, None).await?;
+        return Ok(true);
+    }
     let started = std::time::Instant::now();
     tracing::info!(
         from = from.as_str(),
@@ -254,6 +267,85 @@ pub async fn switch_vector_index(pool: &PgPool, to: VectorIndex) -> Result<bool,
     sqlx::query("DROP INDEX CONCURRENTLY IF EXISTS contexts_embedding_hnsw_old_idx")
         .execute(pool)
         .await?;
+    Ok(true)
+}
+
+/// Whether the HNSW index is there and valid.
+pub async fn has_vector_index(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let valid: Option<bool> = sqlx::query_scalar(
+        "SELECT indisvalid FROM pg_index
+         WHERE indexrelid = to_regclass('contexts_embedding_hnsw_idx')",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(valid == Some(true))
+}
+
+/// Drops the HNSW index before a bulk load, so that the rows go in without
+/// its maintenance (most of an insert's cost). Meanwhile searches that would
+/// use it read the rows exactly (correct, slower on a big table); a
+/// small user's searches never used it.
+pub async fn drop_vector_index(pool: &PgPool) -> Result<(), SwitchError> {
+    let rebuilding: bool =
+        sqlx::query_scalar("SELECT target_model IS NOT NULL FROM embedding_state")
+            .fetch_one(pool)
+            .await?;
+    if rebuilding {
+        return Err(SwitchError::RebuildUnderWay);
+    }
+    sqlx::query("DROP INDEX CONCURRENTLY IF EXISTS contexts_embedding_hnsw_idx")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Builds the HNSW index in the recorded form when it is missing or left
+/// invalid (a bulk load, or one interrupted), without blocking reads or
+/// writes (`CONCURRENTLY`). `maintenance_work_mem`, when given, is this
+/// build's (pgvector builds in memory while the graph fits, many times
+/// faster). Returns whether it built.
+pub async fn ensure_vector_index(
+    pool: &PgPool,
+    maintenance_work_mem: Option<&str>,
+) -> Result<bool, SwitchError> {
+    if has_vector_index(pool).await? {
+        return Ok(false);
+    }
+    let form = recorded(pool).await?;
+    let dim: i32 = sqlx::query_scalar(
+        "SELECT atttypmod FROM pg_attribute
+         WHERE attrelid = 'contexts'::regclass AND attname = 'embedding' AND NOT attisdropped",
+    )
+    .fetch_one(pool)
+    .await?;
+    let started = std::time::Instant::now();
+    tracing::info!(form = form.as_str(), "building the HNSW index");
+    let mut conn = pool.acquire().await?;
+    sqlx::query("DROP INDEX CONCURRENTLY IF EXISTS contexts_embedding_hnsw_idx")
+        .execute(&mut *conn)
+        .await?;
+    if let Some(mem) = maintenance_work_mem {
+        sqlx::query("SELECT set_config('maintenance_work_mem', $1, false)")
+            .bind(mem)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let built = sqlx::query(&format!(
+        "CREATE INDEX CONCURRENTLY contexts_embedding_hnsw_idx ON contexts USING hnsw ({})",
+        form.index_expression("embedding", dim.max(0) as usize)
+    ))
+    .execute(&mut *conn)
+    .await;
+    // The pooled connection goes back with the server's own setting.
+    sqlx::query("RESET maintenance_work_mem")
+        .execute(&mut *conn)
+        .await?;
+    built?;
+    tracing::info!(
+        form = form.as_str(),
+        seconds = started.elapsed().as_secs_f64(),
+        "built the HNSW index"
+    );
     Ok(true)
 }
 

@@ -212,6 +212,79 @@ async fn batches_written_at_once_write_every_line_once() {
     assert_eq!(count(&db).await, 28 * 7);
 }
 
+/// `--defer-index`: the rows go in without the HNSW index, which is built
+/// once after, in the database's form; an import that stops leaves it
+/// missing, and `migrate` (or the import run again) builds it.
+#[tokio::test]
+async fn a_deferred_index_is_built_after_the_load_or_by_migrate() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let exported: Vec<Value> = export(&app, &app.db.url, &[])
+        .await
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lines: Vec<String> = (0..100)
+        .map(|i| {
+            let mut line = exported[i % exported.len()].clone();
+            line["id"] = json!(uuid::Uuid::now_v7());
+            line.to_string()
+        })
+        .collect();
+    let index = |db: &TestDb| {
+        let url = db.url.clone();
+        async move {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            let def: Option<String> = sqlx::query_scalar(
+                "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
+                 WHERE i.indexrelid = to_regclass('contexts_embedding_hnsw_idx') AND i.indisvalid",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+            def
+        }
+    };
+
+    let (_dir, file) = temp_file("many.ndjson", &lines.join("\n"));
+    let db = TestDb::create(DIM).await;
+    let args = [
+        "--batch-size",
+        "9",
+        "--defer-index",
+        "--maintenance-work-mem",
+        "64MB",
+    ];
+    let out = import(&app, &db.url, &file, &args).await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("built the HNSW index"), "{said}");
+    assert_eq!(count(&db).await, 100);
+    let def = index(&db).await.expect("the index is built and valid");
+    assert!(
+        def.contains("halfvec_cosine_ops"),
+        "in the database's form: {def}"
+    );
+
+    // Stopped by an invalid line: the index is missing until migrate builds it.
+    let mut bad = lines.clone();
+    bad[50] = r#"{"id": "not a uuid"}"#.into();
+    let (_dir, file) = temp_file("bad.ndjson", &bad.join("\n"));
+    let db = TestDb::create(DIM).await;
+    let out = import(&app, &db.url, &file, &args).await;
+    assert!(!out.status.success());
+    assert_eq!(index(&db).await, None, "dropped for the load, not built");
+    let out = run(&app, &db.url, &["migrate"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let def = index(&db).await.expect("migrate builds the missing index");
+    assert!(def.contains("halfvec_cosine_ops"), "{def}");
+}
+
 #[tokio::test]
 async fn an_invalid_line_is_named_and_no_batch_is_half_written() {
     let app = spawn_app().await;
