@@ -58,7 +58,8 @@ async fn caught_up() {
         .unwrap();
     primary.close().await;
     let replica = sqlx::PgPool::connect(&replica_admin_url()).await.unwrap();
-    eventually(Duration::from_secs(20), || async {
+    // Generous: the other tests running meanwhile write WAL too.
+    eventually(Duration::from_secs(60), || async {
         sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
             .bind(&lsn)
             .fetch_one(&replica)
