@@ -103,20 +103,16 @@ struct Snapshot {
 }
 
 impl TenantSizes {
-    /// `user`'s plan by the last sizes.
-    fn plan_of(&self, user: Uuid) -> VectorPlan {
+    /// The plan for `user` (`None`: no user filter) by the last sizes, and whether the sizes (and the index's form) are due for a refresh.
+    fn plan_of(&self, user: Option<Uuid>) -> (VectorPlan, bool) {
         let snapshot = self.snapshot.read().expect("tenant sizes lock");
-        if snapshot.big.contains(&user) {
-            VectorPlan::Index
-        } else {
-            VectorPlan::Exact
-        }
-    }
-
-    /// Whether the sizes (and the index's form) are due for a refresh.
-    fn stale(&self) -> bool {
-        let snapshot = self.snapshot.read().expect("tenant sizes lock");
-        snapshot.read_at.is_none_or(|at| at.elapsed() >= REFRESH)
+        let plan = match user {
+            None => VectorPlan::Global,
+            Some(u) if snapshot.big.contains(&u) => VectorPlan::Index,
+            Some(_) => VectorPlan::Exact,
+        };
+        let stale = snapshot.read_at.is_none_or(|at| at.elapsed() >= REFRESH);
+        (plan, stale)
     }
 
     /// Replaces the big users (or, given `None`, keeps the last ones) and
@@ -143,12 +139,13 @@ impl Store {
 
     /// The plan a vector search with `filter` takes (see the module's notes).
     pub async fn vector_plan(&self, filter: &SearchFilter) -> VectorPlan {
-        if self.tenants.stale() {
-            self.refresh_tenant_sizes().await;
-        }
-        match filter.user_id {
-            None => VectorPlan::Global,
-            Some(user) => self.tenants.plan_of(user.0),
+        let user = filter.user_id.map(|u| u.0);
+        match self.tenants.plan_of(user) {
+            (plan, false) => plan,
+            (_, true) => {
+                self.refresh_tenant_sizes().await;
+                self.tenants.plan_of(user).0
+            }
         }
     }
 

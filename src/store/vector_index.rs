@@ -172,6 +172,53 @@ impl Store {
     }
 }
 
+/// The vectors' dimension (the column's), and whether a re-embedding is
+/// under way (its next index is built in the current form).
+async fn vectors(pool: &PgPool) -> Result<(usize, bool), SwitchError> {
+    let (dim, rebuilding): (i32, bool) = sqlx::query_as(
+        "SELECT (SELECT a.atttypmod FROM pg_attribute a
+                 WHERE a.attrelid = 'contexts'::regclass AND a.attname = 'embedding'
+                   AND NOT a.attisdropped),
+                target_model IS NOT NULL
+         FROM embedding_state",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((dim.max(0) as usize, rebuilding))
+}
+
+/// Records `form` as the index's.
+async fn record<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    form: VectorIndex,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE embedding_state SET vector_index = $1, updated_at = now()")
+        .bind(form.as_str())
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Builds the index `name` in `form` on `conn`, without blocking reads or
+/// writes (`CONCURRENTLY`); one an interrupted build left is dropped first.
+async fn build(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    form: VectorIndex,
+    dim: usize,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!(
+        "CREATE INDEX CONCURRENTLY {name} ON contexts USING hnsw ({})",
+        form.index_expression("embedding", dim)
+    ))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Makes `to` the form of the HNSW index, if it is not already: builds it
 /// beside the current one, switches, then drops the old one (see the
 /// module's notes). Returns whether it switched. Resumable: an index left
@@ -186,19 +233,10 @@ pub async fn switch_vector_index(pool: &PgPool, to: VectorIndex) -> Result<bool,
     if from == to {
         return Ok(false);
     }
-    let (dim, rebuilding): (i32, bool) = sqlx::query_as(
-        "SELECT (SELECT a.atttypmod FROM pg_attribute a
-                 WHERE a.attrelid = 'contexts'::regclass AND a.attname = 'embedding'
-                   AND NOT a.attisdropped),
-                target_model IS NOT NULL
-         FROM embedding_state",
-    )
-    .fetch_one(pool)
-    .await?;
+    let (dim, rebuilding) = vectors(pool).await?;
     if rebuilding {
         return Err(SwitchError::RebuildUnderWay);
     }
-    let dim = dim.max(0) as usize;
     if dim > to.max_dim() {
         return Err(SwitchError::TooManyDimensions(
             to.as_str(),
@@ -212,10 +250,7 @@ pub async fn switch_vector_index(pool: &PgPool, to: VectorIndex) -> Result<bool,
             .await?;
     if !exists {
         // Nothing to build beside (a bulk import dropped it): build it anew.
-        sqlx::query("UPDATE embedding_state SET vector_index = $1, updated_at = now()")
-            .bind(to.as_str())
-            .execute(pool)
-            .await?;
+        record(pool, to).await?;
         ensure_vector_index(pool, None).await?;
         return Ok(true);
     }
@@ -225,14 +260,12 @@ pub async fn switch_vector_index(pool: &PgPool, to: VectorIndex) -> Result<bool,
         to = to.as_str(),
         "building the new vector index beside the old one"
     );
-    sqlx::query("DROP INDEX CONCURRENTLY IF EXISTS contexts_embedding_hnsw_next_idx")
-        .execute(pool)
-        .await?;
-    sqlx::query(&format!(
-        "CREATE INDEX CONCURRENTLY contexts_embedding_hnsw_next_idx ON contexts USING hnsw ({})",
-        to.index_expression("embedding", dim)
-    ))
-    .execute(pool)
+    build(
+        &mut *pool.acquire().await?,
+        "contexts_embedding_hnsw_next_idx",
+        to,
+        dim,
+    )
     .await?;
     let mut tx = pool.begin().await?;
     for sql in [
@@ -241,10 +274,7 @@ pub async fn switch_vector_index(pool: &PgPool, to: VectorIndex) -> Result<bool,
     ] {
         sqlx::query(sql).execute(&mut *tx).await?;
     }
-    sqlx::query("UPDATE embedding_state SET vector_index = $1, updated_at = now()")
-        .bind(to.as_str())
-        .execute(&mut *tx)
-        .await?;
+    record(&mut *tx, to).await?;
     tx.commit().await?;
     tracing::info!(
         to = to.as_str(),
@@ -286,11 +316,7 @@ pub async fn has_vector_index(pool: &PgPool) -> Result<bool, sqlx::Error> {
 /// use it read the rows exactly (correct, slower on a big table); a
 /// small user's searches never used it.
 pub async fn drop_vector_index(pool: &PgPool) -> Result<(), SwitchError> {
-    let rebuilding: bool =
-        sqlx::query_scalar("SELECT target_model IS NOT NULL FROM embedding_state")
-            .fetch_one(pool)
-            .await?;
-    if rebuilding {
+    if vectors(pool).await?.1 {
         return Err(SwitchError::RebuildUnderWay);
     }
     sqlx::query("DROP INDEX CONCURRENTLY IF EXISTS contexts_embedding_hnsw_idx")
@@ -301,9 +327,9 @@ pub async fn drop_vector_index(pool: &PgPool) -> Result<(), SwitchError> {
 
 /// Builds the HNSW index in the recorded form when it is missing or left
 /// invalid (a bulk load, or one interrupted), without blocking reads or
-/// writes (`CONCURRENTLY`). `maintenance_work_mem`, when given, is this
-/// build's (pgvector builds in memory while the graph fits, many times
-/// faster). Returns whether it built.
+/// writes. `maintenance_work_mem`, when given, is this build's (pgvector
+/// builds in memory while the graph fits, many times faster). Returns
+/// whether it built.
 pub async fn ensure_vector_index(
     pool: &PgPool,
     maintenance_work_mem: Option<&str>,
@@ -312,30 +338,17 @@ pub async fn ensure_vector_index(
         return Ok(false);
     }
     let form = recorded(pool).await?;
-    let dim: i32 = sqlx::query_scalar(
-        "SELECT atttypmod FROM pg_attribute
-         WHERE attrelid = 'contexts'::regclass AND attname = 'embedding' AND NOT attisdropped",
-    )
-    .fetch_one(pool)
-    .await?;
+    let (dim, _) = vectors(pool).await?;
     let started = std::time::Instant::now();
     tracing::info!(form = form.as_str(), "building the HNSW index");
     let mut conn = pool.acquire().await?;
-    sqlx::query("DROP INDEX CONCURRENTLY IF EXISTS contexts_embedding_hnsw_idx")
-        .execute(&mut *conn)
-        .await?;
     if let Some(mem) = maintenance_work_mem {
         sqlx::query("SELECT set_config('maintenance_work_mem', $1, false)")
             .bind(mem)
             .execute(&mut *conn)
             .await?;
     }
-    let built = sqlx::query(&format!(
-        "CREATE INDEX CONCURRENTLY contexts_embedding_hnsw_idx ON contexts USING hnsw ({})",
-        form.index_expression("embedding", dim.max(0) as usize)
-    ))
-    .execute(&mut *conn)
-    .await;
+    let built = build(&mut conn, "contexts_embedding_hnsw_idx", form, dim).await;
     // The pooled connection goes back with the server's own setting.
     sqlx::query("RESET maintenance_work_mem")
         .execute(&mut *conn)
