@@ -100,6 +100,17 @@ impl TestDb {
     }
 }
 
+/// The definition of the HNSW index searches use, when it is there and valid.
+pub async fn hnsw_index_definition(pool: &sqlx::PgPool) -> Option<String> {
+    sqlx::query_scalar(
+        "SELECT pg_get_indexdef(indexrelid) FROM pg_index
+         WHERE indexrelid = to_regclass('contexts_embedding_hnsw_idx') AND indisvalid",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
 /// Runs `statement` on `url`, ignoring failures, from a `Drop`: drop may run
 /// inside a runtime, so the async work gets a thread and a runtime of its own.
 pub fn execute_on_drop(url: String, statement: String) {

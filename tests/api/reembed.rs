@@ -192,12 +192,9 @@ async fn a_change_from_384_to_768_dimensions_under_load_fails_no_search_and_leav
     assert_eq!(column, NEW_DIM as i64);
     // The new vectors' index has the form the old one had (a new database's halfvec).
     let pool = a.db.pool().await;
-    let index: String = sqlx::query_scalar(
-        "SELECT indexdef FROM pg_indexes WHERE indexname = 'contexts_embedding_hnsw_idx'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let index = crate::helpers::hnsw_index_definition(&pool)
+        .await
+        .expect("a valid HNSW index");
     assert!(
         index.contains(&format!("(embedding)::halfvec({NEW_DIM})")),
         "{index}"

@@ -10,16 +10,13 @@ use std::sync::Arc;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{binary, result_ids, spawn_app, TestApp, DIM};
+use crate::helpers::{binary, hnsw_index_definition, result_ids, spawn_app, TestApp, DIM};
 
 /// The definition of the index searches use.
 async fn index_definition(pool: &PgPool) -> String {
-    sqlx::query_scalar(
-        "SELECT indexdef FROM pg_indexes WHERE indexname = 'contexts_embedding_hnsw_idx'",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap()
+    hnsw_index_definition(pool)
+        .await
+        .expect("a valid HNSW index")
 }
 
 /// Every HNSW index on the table, valid or not.

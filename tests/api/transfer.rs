@@ -6,7 +6,7 @@ use std::process::Output;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{binary, spawn_app, SendExt, TestApp, TestDb, DIM};
+use crate::helpers::{binary, hnsw_index_definition, spawn_app, SendExt, TestApp, TestDb, DIM};
 
 /// The binary, pointed at `db_url` and the app's TEI stand-in.
 /// Run off the test's runtime, which serves the TEI stand-in meanwhile.
@@ -169,6 +169,23 @@ async fn export_import_export_is_byte_for_byte_the_same() {
     assert_eq!(count(&empty).await, 4);
 }
 
+/// `n` import lines: the seeded contexts' export again and again, each
+/// with an id of its own.
+async fn many_lines(app: &TestApp, n: usize) -> Vec<String> {
+    let exported: Vec<Value> = export(app, &app.db.url, &[])
+        .await
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (0..n)
+        .map(|i| {
+            let mut line = exported[i % exported.len()].clone();
+            line["id"] = json!(uuid::Uuid::now_v7());
+            line.to_string()
+        })
+        .collect()
+}
+
 /// Batches written at once (`--jobs`) write every line once, resume as one
 /// at a time does, and an invalid line still stops the import with every
 /// batch before it written whole.
@@ -176,19 +193,7 @@ async fn export_import_export_is_byte_for_byte_the_same() {
 async fn batches_written_at_once_write_every_line_once() {
     let app = spawn_app().await;
     seed(&app).await;
-    let exported: Vec<Value> = export(&app, &app.db.url, &[])
-        .await
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    // 300 lines: the exported ones again and again, each with an id of its own.
-    let lines: Vec<String> = (0..300)
-        .map(|i| {
-            let mut line = exported[i % exported.len()].clone();
-            line["id"] = json!(uuid::Uuid::now_v7());
-            line.to_string()
-        })
-        .collect();
+    let lines = many_lines(&app, 300).await;
     let (_dir, file) = temp_file("many.ndjson", &lines.join("\n"));
     let db = TestDb::create(DIM).await;
     let args = ["--batch-size", "7", "--jobs", "4"];
@@ -219,32 +224,10 @@ async fn batches_written_at_once_write_every_line_once() {
 async fn a_deferred_index_is_built_after_the_load_or_by_migrate() {
     let app = spawn_app().await;
     seed(&app).await;
-    let exported: Vec<Value> = export(&app, &app.db.url, &[])
-        .await
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let lines: Vec<String> = (0..100)
-        .map(|i| {
-            let mut line = exported[i % exported.len()].clone();
-            line["id"] = json!(uuid::Uuid::now_v7());
-            line.to_string()
-        })
-        .collect();
+    let lines = many_lines(&app, 100).await;
     let index = |db: &TestDb| {
         let url = db.url.clone();
-        async move {
-            let pool = sqlx::PgPool::connect(&url).await.unwrap();
-            let def: Option<String> = sqlx::query_scalar(
-                "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
-                 WHERE i.indexrelid = to_regclass('contexts_embedding_hnsw_idx') AND i.indisvalid",
-            )
-            .fetch_optional(&pool)
-            .await
-            .unwrap();
-            pool.close().await;
-            def
-        }
+        async move { hnsw_index_definition(&sqlx::PgPool::connect(&url).await.unwrap()).await }
     };
 
     let (_dir, file) = temp_file("many.ndjson", &lines.join("\n"));
