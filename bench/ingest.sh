@@ -12,21 +12,12 @@ SCRIPT_NAME=ingest
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/common.sh"
 cd "$REPO"
-VENV="$REPO/.bench-venv"
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 
-venv() {
-    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
-    "$VENV/bin/python" -c 'import numpy, psycopg' 2>/dev/null || "$VENV/bin/pip" install -q numpy "psycopg[binary]"
-}
-
-build() {
-    cargo build --release --no-default-features --bin context-api
-    ensure_tei_stub >/dev/null
-}
-
-phase "python venv (.bench-venv)" venv
+phase "python venv (.bench-venv)" bench_venv
 phase "postgres and redis" scripts/services.sh start
 eval "$(scripts/services.sh env)"
 export TEST_DATABASE_URL TEST_REDIS_URL
-phase "cargo build --release (context-api --no-default-features, tei-stub)" build
+phase "cargo build --release (context-api --no-default-features, tei-stub)" bench_build
 phase "ingest benchmark (bench/ingest.py)" "$VENV/bin/python" bench/ingest.py "$@"

@@ -3,7 +3,7 @@
 #
 #   bench/scale.sh [--rows N] [--dim D] [--users U] [--smoke] [--keep]
 #
-# Installs what is missing (the .bench-venv of bench/run.sh), starts Postgres and
+# Installs what is missing (the .bench-venv of bench/run.sh, bench/lib.sh), starts Postgres and
 # Redis (scripts/services.sh), builds the release binary as the image does and the
 # TEI stand-in, then runs bench/scale.py. Each phase prints its duration.
 # Except with --smoke, the test Postgres gets shared_buffers = $SHARED_BUFFERS
@@ -14,19 +14,10 @@ SCRIPT_NAME=scale
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/common.sh"
 cd "$REPO"
-VENV="$REPO/.bench-venv"
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 
-venv() {
-    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
-    "$VENV/bin/python" -c 'import psycopg' 2>/dev/null || "$VENV/bin/pip" install -q "psycopg[binary]"
-}
-
-build() {
-    cargo build --release --no-default-features --bin context-api
-    ensure_tei_stub >/dev/null
-}
-
-phase "python venv (.bench-venv)" venv
+phase "python venv (.bench-venv)" bench_venv
 phase "postgres and redis" scripts/services.sh start
 eval "$(scripts/services.sh env)"
 export TEST_DATABASE_URL TEST_REDIS_URL PSQL
@@ -40,5 +31,5 @@ buffers() {
 smoke=0
 for arg in "$@"; do [[ "$arg" == --smoke ]] && smoke=1; done
 if [[ $smoke == 0 ]]; then phase "shared_buffers = ${SHARED_BUFFERS:-6GB}" buffers; fi
-phase "cargo build --release (context-api --no-default-features, tei-stub)" build
+phase "cargo build --release (context-api --no-default-features, tei-stub)" bench_build
 phase "scale benchmark (bench/scale.py)" "$VENV/bin/python" bench/scale.py "$@"
