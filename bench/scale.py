@@ -142,7 +142,7 @@ class Bench:
         (src/store/vector_index.rs), with the bench's maintenance settings."""
         expression = {
             "vector": "embedding vector_cosine_ops",
-            "halfvec": f"(embedding::halfvec({self.dim})) halfvec_cosine_ops",
+            "halfvec": f"(l2_normalize(embedding)::halfvec({self.dim})) halfvec_cosine_ops",
             "bit": f"(binary_quantize(embedding)::bit({self.dim})) bit_hamming_ops",
         }[form]
         settings = {"maintenance_work_mem": self.args.maintenance_work_mem,

@@ -152,7 +152,7 @@ read -r form dim < <("$PSQL" -X -qtA -F ' ' "${TEST_DATABASE_URL%/*}/$DST" -c \
 q="(SELECT embedding FROM contexts WHERE embedding IS NOT NULL LIMIT 1)"
 case "$form" in
     vector) order="embedding <=> $q" ;;
-    halfvec) order="embedding::halfvec($dim) <=> $q::halfvec($dim)" ;;
+    halfvec) order="l2_normalize(embedding)::halfvec($dim) <=> l2_normalize($q)::halfvec($dim)" ;;
     bit) order="binary_quantize(embedding)::bit($dim) <~> binary_quantize($q)::bit($dim)" ;;
     *) die "unknown vector index form: '$form'" ;;
 esac

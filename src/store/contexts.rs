@@ -699,7 +699,9 @@ fn push_nearest(
     sql.push(match index {
         VectorIndex::Vector => " ORDER BY distance".to_owned(),
         VectorIndex::Halfvec => {
-            format!(" ORDER BY embedding::halfvec({dim}) <=> {query}::vector::halfvec({dim})")
+            format!(
+                " ORDER BY l2_normalize(embedding)::halfvec({dim}) <=> l2_normalize({query}::vector)::halfvec({dim})"
+            )
         }
         VectorIndex::Bit => format!(
             " ORDER BY binary_quantize(embedding)::bit({dim}) <~> binary_quantize({query}::vector)::bit({dim})"

@@ -3,8 +3,11 @@
 //! scores returned and the re-ranking read it. Only the index changes:
 //!
 //! - `vector`: the vectors as stored, 4 bytes a dimension;
-//! - `halfvec`: an expression index on `embedding::halfvec(dim)`, 2 bytes a
-//!   dimension: half the index, the same recall (bench/results);
+//! - `halfvec`: an expression index on `l2_normalize(embedding)::halfvec(dim)`,
+//!   2 bytes a dimension: half the index, the same recall (bench/results).
+//!   The cosine distance does not change when a vector is scaled, and a
+//!   unit vector always fits half precision: a stored value may reach 1e15,
+//!   where `halfvec` ends at 65,504;
 //! - `bit`: an expression index on `binary_quantize(embedding)::bit(dim)`,
 //!   one bit a dimension, searched by Hamming distance for
 //!   [`BIT_RERANK`] times the candidates, which are then re-ranked by the
@@ -76,7 +79,9 @@ impl VectorIndex {
     pub fn index_expression(self, column: &str, dim: usize) -> String {
         match self {
             VectorIndex::Vector => format!("{column} vector_cosine_ops"),
-            VectorIndex::Halfvec => format!("({column}::halfvec({dim})) halfvec_cosine_ops"),
+            VectorIndex::Halfvec => {
+                format!("(l2_normalize({column})::halfvec({dim})) halfvec_cosine_ops")
+            }
             VectorIndex::Bit => {
                 format!("(binary_quantize({column})::bit({dim})) bit_hamming_ops")
             }

@@ -196,7 +196,7 @@ async fn a_change_from_384_to_768_dimensions_under_load_fails_no_search_and_leav
         .await
         .expect("a valid HNSW index");
     assert!(
-        index.contains(&format!("(embedding)::halfvec({NEW_DIM})")),
+        index.contains(&format!("l2_normalize(embedding))::halfvec({NEW_DIM})")),
         "{index}"
     );
     pool.close().await;

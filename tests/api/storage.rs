@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{binary, hnsw_index_definition, result_ids, spawn_app, TestApp, DIM};
+use crate::helpers::{binary, hnsw_index_definition, result_ids, spawn_app, SendExt, TestApp, DIM};
 
 /// The definition of the index searches use.
 async fn index_definition(pool: &PgPool) -> String {
@@ -160,4 +160,57 @@ async fn migrate_switches_the_vector_index_beside_the_old_one_while_searches_go_
     );
     assert_eq!(failures.load(Ordering::SeqCst), 0, "of {searches} searches");
     assert_eq!(nearest(&app).await[0], before[0]);
+}
+
+/// A vector may hold values up to 1e15 in magnitude (and as small as 1e-15),
+/// far past half precision's 65,504: in every form it is stored, patched in
+/// and searched for, and found by its own direction. (The `halfvec` index
+/// holds the unit vector; found by the contract fuzzer as a 500.)
+#[tokio::test]
+async fn vectors_of_any_accepted_magnitude_are_stored_and_found_in_every_form() {
+    let app = spawn_app().await;
+    let huge: Vec<f64> = (0..DIM)
+        .map(|i| match i % 3 {
+            0 => 1e15,
+            1 => -1e15,
+            _ => 1e-15,
+        })
+        .collect();
+    let other: Vec<f64> = (0..DIM)
+        .map(|i| if i % 2 == 0 { 1.0 } else { 0.5 })
+        .collect();
+    for form in ["halfvec", "vector", "bit"] {
+        let out = migrate(&app, Some(form)).await;
+        assert!(out.status.success(), "migrate to {form}: {}", output(&out));
+        let fresh = app.sibling().await;
+        let big = fresh
+            .create(fresh.alice.id, json!({"content": {}, "embedding": huge}))
+            .await;
+        let small = fresh
+            .create(fresh.alice.id, json!({"content": {}, "embedding": other}))
+            .await;
+        let small_id = small["id"].as_str().unwrap();
+        let resp = fresh
+            .req(reqwest::Method::PATCH, &format!("/contexts/{small_id}"))
+            .json(&json!({"embedding": huge.iter().map(|x| -x).collect::<Vec<_>>()}))
+            .sent()
+            .await;
+        assert_eq!(resp.status(), 200, "{form}: {}", resp.text().await.unwrap());
+        let resp = fresh.search(json!({"vector": huge, "k": 2})).await;
+        assert_eq!(resp.status(), 200, "{form}: {}", resp.text().await.unwrap());
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            result_ids(&body),
+            [big["id"].as_str().unwrap(), small_id],
+            "{form}"
+        );
+        let score = body["results"][0]["score"].as_f64().unwrap();
+        assert!((score - 1.0).abs() < 1e-4, "{form}: {score}");
+        for id in result_ids(&body) {
+            fresh
+                .req(reqwest::Method::DELETE, &format!("/contexts/{id}"))
+                .sent()
+                .await;
+        }
+    }
 }
