@@ -62,7 +62,7 @@ SCHEMATHESIS_HOOKS=${CONTRACT_HOOKS-contract_hooks} PYTHONPATH="$REPO/scripts" \
     "$@" || status=$?
 # A 5xx is a failure of its own, so the service's log is shown with it.
 if grep -E '"level":"ERROR"| ERROR |panicked' "$log_file" >/dev/null; then
-    grep -E '"level":"ERROR"| ERROR |panicked' "$log_file" | head -20 >&2
+    grep -m 20 -E '"level":"ERROR"| ERROR |panicked' "$log_file" >&2
     die "the service logged errors while being fuzzed"
 fi
 ((status == 0)) || die "schemathesis found failures (exit $status; report in $report)"
