@@ -190,7 +190,8 @@ ensure_tei_stub() {
 # serve_scratch NAME DIM API_KEYS LOG: the release binary on a fresh database
 # NAME (vectors of DIM), with the TEI stand-in, the local Redis and API_KEYS,
 # logging to LOG. Sets SERVE_PORT and SERVE_TEI_URL; on exit, stops both and drops the database,
-# then runs serve_cleanup_extra if the caller defined it.
+# then runs serve_cleanup_extra if the caller defined it. SERVE_ENV (an array of
+# NAME=VALUE, optional) adds settings; serve_another starts one more instance.
 serve_scratch() {
     local name="$1" dim="$2" keys="$3" log_file="$4" tei tei_port
     cargo build --release --quiet --bin context-api || die "cargo build --release failed"
@@ -207,9 +208,27 @@ serve_scratch() {
     DATABASE_URL="$SCRATCH_DB_URL" REDIS_URL="$TEST_REDIS_URL" EMBEDDING_SERVICE_URL="http://127.0.0.1:$tei_port" \
         EMBEDDING_DIM="$dim" API_KEYS="$keys" BIND_ADDRESS="127.0.0.1:$SERVE_PORT" \
         CACHE_KEY_PREFIX="$name-$SERVE_PORT:" LOG_LEVEL=warn \
-        "$REPO/target/release/context-api" >"$log_file" 2>&1 &
+        env ${SERVE_ENV[@]+"${SERVE_ENV[@]}"} "$REPO/target/release/context-api" >"$log_file" 2>&1 &
     _SERVE_PIDS+=($!)
     wait_http "http://127.0.0.1:$SERVE_PORT/ready" 30 || die "the service did not become ready"
+    _SERVE_ARGS=("$name" "$dim" "$keys" "$tei_port")
+}
+
+# serve_another LOG NAME=VALUE...: another instance on serve_scratch's
+# database, stand-in and keys, with these settings; sets ANOTHER_PORT. Stopped
+# with the first.
+serve_another() {
+    local log_file="$1" port name dim keys tei_port
+    shift
+    read -r name dim keys tei_port <<<"${_SERVE_ARGS[*]}"
+    port="$(free_port)"
+    DATABASE_URL="$SCRATCH_DB_URL" REDIS_URL="$TEST_REDIS_URL" EMBEDDING_SERVICE_URL="http://127.0.0.1:$tei_port" \
+        EMBEDDING_DIM="$dim" API_KEYS="$keys" BIND_ADDRESS="127.0.0.1:$port" \
+        CACHE_KEY_PREFIX="$name-$port:" LOG_LEVEL=warn \
+        env "$@" "$REPO/target/release/context-api" >"$log_file" 2>&1 &
+    _SERVE_PIDS+=($!)
+    wait_http "http://127.0.0.1:$port/ready" 30 || die "the instance on port $port did not become ready"
+    ANOTHER_PORT="$port"
 }
 
 _serve_cleanup() {
