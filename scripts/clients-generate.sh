@@ -3,6 +3,8 @@
 # service's tests keep equal to what it serves):
 # - Python: pydantic models by datamodel-code-generator, in
 #   clients/python/src/context_api_client/models.py;
+# - TypeScript: types by openapi-typescript (pinned in clients/typescript's
+#   package-lock.json), in clients/typescript/src/schema.ts.
 # With --check, generates into a scratch directory and fails when a
 # committed file differs (CI: the clients are stale against the document).
 #
@@ -19,6 +21,8 @@ CHECK=0
 DATAMODEL_CODEGEN_VERSION=0.89.0
 VENV="$REPO/.clients-venv"
 PY_MODELS=clients/python/src/context_api_client/models.py
+TS_DIR=clients/typescript
+TS_TYPES=$TS_DIR/src/schema.ts
 
 # The venv the Python client's generator and tests share (idempotent).
 ensure_clients_venv() {
@@ -43,15 +47,38 @@ python_models() {
         2>/dev/null || die "datamodel-codegen failed"
 }
 
+# The TypeScript client's dev dependencies, from its lock file (idempotent).
+ensure_ts_modules() {
+    command -v npm >/dev/null || die "npm is missing (Node 18 or later)"
+    local lock stamp="$TS_DIR/node_modules/.lock-sha256"
+    lock="$(sha256sum "$TS_DIR/package-lock.json" | cut -d' ' -f1)"
+    if [[ "$(cat "$stamp" 2>/dev/null)" != "$lock" ]]; then
+        npm ci --silent --no-audit --no-fund --prefix "$TS_DIR" >/dev/null 2>&1 \
+            || die "npm ci in $TS_DIR failed"
+        printf '%s' "$lock" >"$stamp"
+    fi
+}
+
+# ts_types OUT: the TypeScript types of docs/openapi.json, written to OUT.
+ts_types() {
+    "$TS_DIR/node_modules/.bin/openapi-typescript" docs/openapi.json --empty-objects-unknown \
+        -o "$1" >/dev/null 2>&1 || die "openapi-typescript failed"
+}
+
 ensure_clients_venv
+ensure_ts_modules
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 python_models "$out/models.py"
-if ((CHECK)); then
-    diff -u "$PY_MODELS" "$out/models.py" >&2 \
-        || die "$PY_MODELS is stale against docs/openapi.json: run scripts/clients-generate.sh"
-    ok "the generated client types match docs/openapi.json"
-else
-    cp "$out/models.py" "$PY_MODELS"
-    ok "wrote $PY_MODELS"
-fi
+ts_types "$out/schema.ts"
+for pair in "$PY_MODELS:models.py" "$TS_TYPES:schema.ts"; do
+    committed="${pair%%:*}" made="$out/${pair##*:}"
+    if ((CHECK)); then
+        diff -u "$committed" "$made" >&2 \
+            || die "$committed is stale against docs/openapi.json: run scripts/clients-generate.sh"
+    else
+        cp "$made" "$committed"
+        ok "wrote $committed"
+    fi
+done
+((CHECK)) && ok "the generated client types match docs/openapi.json"
