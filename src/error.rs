@@ -25,6 +25,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A create names a key that a live context of the user has.
+    #[error("key in use: {0}")]
+    KeyTaken(String),
     #[error("precondition failed: {0}")]
     PreconditionFailed(String),
     #[error("request body too large: {0}")]
@@ -135,6 +138,14 @@ impl ApiError {
                 "Conflict",
                 d.clone(),
                 Some(1),
+                Log::Debug,
+            ),
+            KeyTaken(d) => (
+                S::CONFLICT,
+                "key-taken",
+                "Key in use",
+                d.clone(),
+                None,
                 Log::Debug,
             ),
             PreconditionFailed(d) => (
@@ -277,6 +288,7 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::NotFound => ApiError::NotFound,
+            ServiceError::KeyTaken => ApiError::KeyTaken(e.to_string()),
             ServiceError::Forbidden(why) => ApiError::Forbidden(why.into()),
             ServiceError::PreconditionFailed { expected } => ApiError::PreconditionFailed(format!(
                 "If-Match version {expected} is not the current version"

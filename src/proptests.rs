@@ -84,7 +84,7 @@ proptest! {
         }
     }
 
-    /// If-Match: any header value is a version, "none" or a 412, never a panic;
+    /// If-Match: any header value is a version, "none", a 400 or a 412, never a panic;
     /// every version written as an ETag reads back.
     #[test]
     fn if_match_values(version in any::<i32>(), weak in any::<bool>(), s in "[ -~]{0,40}") {

@@ -26,6 +26,8 @@ pub enum ServiceError {
     Forbidden(&'static str),
     #[error("the context changed: its version is no longer {expected}")]
     PreconditionFailed { expected: i32 },
+    #[error("a live context of this user already has this key; PUT /contexts replaces it")]
+    KeyTaken,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -253,7 +255,33 @@ impl Contexts {
         Ok(Some(ids.len()))
     }
 
-    pub async fn create(&self, scope: Scope, mut new: NewContext) -> Result<Context, ServiceError> {
+    pub async fn create(&self, scope: Scope, new: NewContext) -> Result<Context, ServiceError> {
+        self.write(scope, new, false)
+            .await?
+            .map(|(ctx, _)| ctx)
+            .ok_or(ServiceError::KeyTaken)
+    }
+
+    /// Creates the context of `new.key`, or replaces the one that has it.
+    /// The context, and whether it was created.
+    pub async fn put(
+        &self,
+        scope: Scope,
+        new: NewContext,
+    ) -> Result<(Context, bool), ServiceError> {
+        self.write(scope, new, true)
+            .await?
+            .ok_or(ServiceError::KeyTaken)
+    }
+
+    /// A create, or with `replace` a put; `None` when the key is taken and
+    /// not to be replaced.
+    async fn write(
+        &self,
+        scope: Scope,
+        mut new: NewContext,
+        replace: bool,
+    ) -> Result<Option<(Context, bool)>, ServiceError> {
         if !scope.allows(new.user_id) {
             return Err(ServiceError::Forbidden(
                 "this key may only write its own user's contexts",
@@ -274,16 +302,21 @@ impl Contexts {
             if !given {
                 (new.embedding, new.embedding_model) = current;
             }
-            let ctx = match self.store.insert(&new).await {
+            let stored = match self.store.insert(&new, replace).await {
                 Err(e) if !retried && !given && self.switched(&e, &roles.seen).await => {
                     retried = true;
                     continue;
                 }
                 other => other?,
             };
+            let Some(ctx) = stored else {
+                return Ok(None);
+            };
             self.write_next(&[(&ctx, next)]).await;
             self.after_write(&ctx).await;
-            return Ok(ctx);
+            // A replaced context keeps its id; a created one has the new id.
+            let created = ctx.id == new.id;
+            return Ok(Some((ctx, created)));
         }
     }
 
@@ -359,14 +392,17 @@ impl Contexts {
                 let rows: Vec<_> = stored
                     .iter()
                     .zip(vectors)
-                    .map(|(c, v)| (c, v.map(|v| (v.into_vec(), model.clone()))))
+                    .filter_map(|(c, v)| {
+                        Some((c.as_ref()?, v.map(|v| (v.into_vec(), model.clone()))))
+                    })
                     .collect();
                 self.write_next(&rows).await;
             }
         }
-        futures_util::future::join_all(stored.iter().map(|c| self.cache.put_context(c))).await;
-        if stored
-            .iter()
+        let written = stored.iter().flatten();
+        futures_util::future::join_all(written.clone().map(|c| self.cache.put_context(c))).await;
+        if written
+            .clone()
             .any(|c| c.embedding_status == crate::domain::EmbeddingStatus::Pending)
         {
             self.pending.notify_one();
@@ -376,7 +412,10 @@ impl Contexts {
             .into_iter()
             .map(|r| match r {
                 Some(failed) => failed,
-                None => stored.next().ok_or(ServiceError::NotFound),
+                None => stored
+                    .next()
+                    .ok_or(ServiceError::NotFound)?
+                    .ok_or(ServiceError::KeyTaken),
             })
             .collect())
     }

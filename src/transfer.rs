@@ -15,8 +15,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::domain::{
-    json_object, storable_instant, Context, ContextId, ContextType, Embedding, NewContext, UserId,
-    ValidationError,
+    json_object, storable_instant, Context, ContextId, ContextKey, ContextType, Embedding,
+    NewContext, UserId, ValidationError,
 };
 use crate::embeddings::Embedder;
 use crate::store::{Restored, Store, StoreError};
@@ -27,6 +27,10 @@ use crate::store::{Restored, Store, StoreError};
 pub struct Record {
     pub id: Uuid,
     pub user_id: Uuid,
+    /// The client's name for it (absent when it has none; files written
+    /// before keys existed have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub context_type: String,
     pub content: Value,
     pub metadata: Value,
@@ -49,6 +53,7 @@ impl Record {
         Self {
             id: c.id.0,
             user_id: c.user_id.0,
+            key: c.key,
             context_type: c.context_type,
             content: Value::Object(c.content),
             metadata: Value::Object(c.metadata),
@@ -88,6 +93,7 @@ impl Record {
             new: NewContext {
                 id: ContextId(self.id),
                 user_id: UserId(self.user_id),
+                key: self.key.as_deref().map(ContextKey::parse).transpose()?,
                 context_type: ContextType::parse(&self.context_type)?,
                 content: json_object("content", self.content)?,
                 metadata: json_object("metadata", self.metadata)?,

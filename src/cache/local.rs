@@ -220,6 +220,7 @@ mod tests {
         Arc::new(Context {
             id,
             user_id: crate::domain::UserId(uuid::Uuid::nil()),
+            key: None,
             context_type: "note".into(),
             content: Default::default(),
             metadata: Default::default(),

@@ -68,6 +68,36 @@ impl ContextType {
     }
 }
 
+/// A client's own name for a context, unique among its user's live
+/// contexts: 1 to 1,024 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ContextKey(String);
+
+impl ContextKey {
+    pub const MAX_CHARS: usize = 1024;
+
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let n = s.chars().count();
+        if n == 0 || n > Self::MAX_CHARS {
+            return Err(ValidationError::new(
+                "key",
+                format!("must be 1 to {} characters, got {n}", Self::MAX_CHARS),
+            ));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                "key",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A JSON object (never an array or scalar).
 pub type JsonObject = Map<String, Value>;
 
@@ -243,6 +273,9 @@ pub fn embedding_text(text: Option<&str>, content: &JsonObject) -> String {
 pub struct NewContext {
     pub id: ContextId,
     pub user_id: UserId,
+    /// The client's name for it: a create fails if a live context of the
+    /// user has it, a put replaces that context.
+    pub key: Option<ContextKey>,
     pub context_type: ContextType,
     pub content: JsonObject,
     pub metadata: JsonObject,
@@ -304,6 +337,9 @@ impl EmbeddingStatus {
 pub struct Context {
     pub id: ContextId,
     pub user_id: UserId,
+    /// The client's name for it, if it was given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub context_type: String,
     pub content: JsonObject,
     pub metadata: JsonObject,
@@ -401,6 +437,7 @@ mod tests {
         let mut c = Context {
             id: ContextId::new(),
             user_id: UserId(Uuid::now_v7()),
+            key: None,
             context_type: "t".into(),
             content: JsonObject::new(),
             metadata: JsonObject::new(),

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{ContextId, ContextType, Embedding, JsonObject, UserId, ValidationError};
+use super::{ContextId, ContextKey, ContextType, Embedding, JsonObject, UserId, ValidationError};
 
 /// How results are ranked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -241,6 +241,10 @@ impl Cursor {
 pub struct ListQuery {
     pub user_id: Option<UserId>,
     pub context_type: Option<ContextType>,
+    /// Only the context of this key.
+    pub key: Option<ContextKey>,
+    /// Only contexts whose metadata contains this object.
+    pub metadata: Option<JsonObject>,
     pub limit: PageLimit,
     pub after: Option<Cursor>,
 }

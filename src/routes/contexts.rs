@@ -14,9 +14,9 @@ use super::extract::{if_match, whole_number, AppJson, AppQuery, Caller, KeyedJso
 use super::idempotency;
 use crate::auth::Scope;
 use crate::domain::{
-    embedding_text, json_object, storable_instant, text_to_embed, Context, ContextId, ContextPatch,
-    ContextType, Cursor, Embedding, EmbeddingStatus, Expiry, JsonObject, ListQuery, NewContext,
-    PageLimit, UserId, ValidationError,
+    embedding_text, json_object, storable_instant, text_to_embed, Context, ContextId, ContextKey,
+    ContextPatch, ContextType, Cursor, Embedding, EmbeddingStatus, Expiry, JsonObject, ListQuery,
+    NewContext, PageLimit, UserId, ValidationError,
 };
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -27,6 +27,12 @@ use crate::state::AppState;
 pub struct CreateContextRequest {
     /// Optional for a user key (its own user); required for an admin key.
     user_id: Option<Uuid>,
+    /// A name of the client's choosing, unique among the user's live
+    /// contexts (1 to 1,024 characters, no control characters). A create
+    /// whose key is in use is 409; `PUT /contexts` replaces that context.
+    /// Required by `PUT /contexts`.
+    #[schema(max_length = 1024, min_length = 1)]
+    key: Option<String>,
     /// A short label, 1 to 50 characters, no control characters.
     #[schema(example = "conversation")]
     context_type: String,
@@ -82,6 +88,8 @@ where
 pub struct ContextResponse {
     id: Uuid,
     user_id: Uuid,
+    /// The client's name for it, or `null`.
+    key: Option<String>,
     context_type: String,
     #[schema(value_type = Object)]
     content: JsonObject,
@@ -108,6 +116,7 @@ impl From<Context> for ContextResponse {
         Self {
             id: c.id.0,
             user_id: c.user_id.0,
+            key: c.key,
             context_type: c.context_type,
             content: c.content,
             metadata: c.metadata,
@@ -140,6 +149,10 @@ pub struct ListParams {
     #[param(value_type = Option<Uuid>)]
     user_id: Option<String>,
     context_type: Option<String>,
+    /// Only the context of this key (`PUT /contexts`).
+    key: Option<String>,
+    /// Only contexts whose metadata contains this JSON object, e.g. `{"topic":"food"}`.
+    metadata: Option<String>,
     /// 1 to 100, default 20.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
@@ -222,6 +235,7 @@ impl CreateContextRequest {
         Ok(NewContext {
             id: ContextId::new(),
             user_id,
+            key: self.key.as_deref().map(ContextKey::parse).transpose()?,
             context_type: ContextType::parse(&self.context_type)?,
             content,
             metadata,
@@ -294,6 +308,46 @@ pub async fn create_context(
     idempotency::once(&state, scope, key, async move {
         let new = body.parse(scope, contexts.dim())?;
         let ctx = contexts.create(scope, new).await?;
+        let location = HeaderValue::from_str(&format!("/contexts/{}", ctx.id.0))
+            .expect("a UUID path is a valid header");
+        Ok(with_etag(
+            StatusCode::CREATED,
+            ctx,
+            Some((header::LOCATION, location)),
+        ))
+    })
+    .await
+}
+
+/// Create the context of `key`, or replace the one that has it (as a
+/// memory store's put does): its fields become the request's, its version
+/// grows, its id stays. An expired context's key is free. The text is
+/// embedded as a create's is.
+#[utoipa::path(put, path = "/contexts", tag = "contexts",
+    params(("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY_KEY_DOC)),
+    request_body = CreateContextRequest,
+    responses(
+        (status = 200, description = "Replaced", body = ContextResponse, headers(("ETag" = String))),
+        (status = 201, description = "Created", body = ContextResponse,
+            headers(("ETag" = String, description = "The version"), ("Location" = String))),
+        (status = 403, description = "A user key writing for another user", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is still running (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_context(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    KeyedJson(body, key): KeyedJson<CreateContextRequest>,
+) -> Result<Response, ApiError> {
+    let contexts = state.contexts.clone();
+    idempotency::once(&state, scope, key, async move {
+        let new = body.parse(scope, contexts.dim())?;
+        if new.key.is_none() {
+            return Err(ValidationError::new("key", "is required by PUT /contexts").into());
+        }
+        let (ctx, created) = contexts.put(scope, new).await?;
+        if !created {
+            return Ok(with_etag(StatusCode::OK, ctx, None));
+        }
         let location = HeaderValue::from_str(&format!("/contexts/{}", ctx.id.0))
             .expect("a UUID path is a valid header");
         Ok(with_etag(
@@ -481,6 +535,16 @@ pub async fn list_contexts(
             .as_deref()
             .map(ContextType::parse)
             .transpose()?,
+        key: params.key.as_deref().map(ContextKey::parse).transpose()?,
+        metadata: params
+            .metadata
+            .as_deref()
+            .map(|m| {
+                let v = serde_json::from_str(m)
+                    .map_err(|e| ValidationError::new("metadata", format!("not JSON: {e}")))?;
+                json_object("metadata", v)
+            })
+            .transpose()?,
         limit: PageLimit::parse(limit)?,
         after: params.cursor.as_deref().map(Cursor::parse).transpose()?,
     };
@@ -497,6 +561,7 @@ pub async fn list_contexts(
     request_body = PatchContextRequest,
     responses(
         (status = 200, description = "The new state", body = ContextResponse, headers(("ETag" = String))),
+        (status = 400, description = "The body is not JSON, or If-Match is not a list of entity tags", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "Absent, deleted, expired or out of scope", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -519,6 +584,7 @@ pub async fn update_context(
     params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), DeleteParams),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 400, description = "If-Match is not a list of entity tags", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "Absent, deleted, expired or out of scope", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]

@@ -308,25 +308,43 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The version named by `If-Match: "<version>"`; `None` when absent or `*`.
-/// A tag that is not one of our versions can never match: 412.
+/// A header that is not `*` or a list of entity tags is malformed: 400. A
+/// well-formed tag that is not one of our versions can never match: 412.
 pub fn if_match(headers: &HeaderMap) -> Result<Option<i32>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let stale =
-        || ApiError::PreconditionFailed("If-Match does not name a version of this context".into());
-    let value = value.to_str().map_err(|_| stale())?.trim();
+    let malformed = || {
+        ApiError::BadRequest("If-Match must be `*` or a list of entity tags such as \"3\"".into())
+    };
+    let value = value.to_str().map_err(|_| malformed())?.trim();
     if value == "*" {
         return Ok(None);
     }
-    let tag = value.split(',').next().unwrap_or_default().trim();
-    let tag = tag.strip_prefix("W/").unwrap_or(tag);
-    let version = tag
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .and_then(|t| t.parse::<i32>().ok())
-        .ok_or_else(stale)?;
+    let tags = entity_tags(value).ok_or_else(malformed)?;
+    let version = tags[0].parse::<i32>().map_err(|_| {
+        ApiError::PreconditionFailed("If-Match does not name a version of this context".into())
+    })?;
     Ok(Some(version))
+}
+
+/// The opaque parts of `#( [W/] DQUOTE *etagc DQUOTE )` (RFC 9110 8.8.3),
+/// at least one; `None` when `value` is not such a list.
+fn entity_tags(value: &str) -> Option<Vec<&str>> {
+    let mut tags = Vec::new();
+    let mut rest = value;
+    loop {
+        rest = rest.trim_start();
+        rest = rest.strip_prefix("W/").unwrap_or(rest);
+        let inner = rest.strip_prefix('"')?;
+        let end = inner.find('"')?;
+        tags.push(&inner[..end]);
+        rest = inner[end + 1..].trim_start();
+        if rest.is_empty() {
+            return Some(tags);
+        }
+        rest = rest.strip_prefix(',')?;
+    }
 }
 
 #[cfg(test)]
@@ -349,7 +367,33 @@ mod tests {
             if_match(&with(header::IF_MATCH, "W/\"4\"")).unwrap(),
             Some(4)
         );
-        assert!(if_match(&with(header::IF_MATCH, "abc")).is_err());
+        assert!(matches!(
+            if_match(&with(header::IF_MATCH, "abc")),
+            Err(ApiError::BadRequest(_))
+        ));
+        for malformed in ["{}", "\"3", "\"3\" \"4\"", "\"3\",", "W/3", ""] {
+            assert!(
+                matches!(
+                    if_match(&with(header::IF_MATCH, malformed)),
+                    Err(ApiError::BadRequest(_))
+                ),
+                "{malformed}"
+            );
+        }
+        // Well formed, but never one of our versions: 412.
+        for stale in ["\"abc\"", "\"a,b\"", "W/\"\""] {
+            assert!(
+                matches!(
+                    if_match(&with(header::IF_MATCH, stale)),
+                    Err(ApiError::PreconditionFailed(_))
+                ),
+                "{stale}"
+            );
+        }
+        assert_eq!(
+            if_match(&with(header::IF_MATCH, " \"5\" , W/\"6\"")).unwrap(),
+            Some(5)
+        );
     }
 
     #[test]

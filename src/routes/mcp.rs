@@ -23,7 +23,7 @@ use super::contexts::{ContextResponse, CreateContextRequest, PatchContextRequest
 use super::extract::check_json;
 use super::search::{SearchRequest, SearchResponse};
 use crate::auth::Scope;
-use crate::domain::{ContextId, ContextType, Cursor, ListQuery, PageLimit, UserId};
+use crate::domain::{ContextId, ContextKey, ContextType, Cursor, ListQuery, PageLimit, UserId};
 use crate::error::ApiError;
 use crate::service::Contexts;
 
@@ -54,6 +54,11 @@ pub struct RememberArgs {
     /// may only give its own user, and may omit it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<Uuid>,
+    /// A name of your choosing for this memory, such as `favourite-drink`:
+    /// remembering again under the same key replaces the memory (same id,
+    /// new version) instead of adding one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// A short label, such as `preference`, `fact` or `conversation`
     /// (default `memory`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -108,6 +113,8 @@ pub struct ListArgs {
     pub user_id: Option<Uuid>,
     /// Only memories with this label.
     pub context_type: Option<String>,
+    /// Only the memory of this key (see `remember`).
+    pub key: Option<String>,
     /// Page size, 1 to 100 (default 20).
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
@@ -188,8 +195,8 @@ impl Memory {
 impl Memory {
     #[tool(
         description = "Store a memory for a user: a text (what recall matches), optionally with \
-                       structured content, metadata and an expiry. Returns the stored memory \
-                       with its id.",
+                       structured content, metadata and an expiry. With a key, replaces the \
+                       memory of that key. Returns the stored memory with its id.",
         annotations(destructive_hint = false, idempotent_hint = false)
     )]
     async fn remember(
@@ -210,7 +217,11 @@ impl Memory {
             }
             let req: CreateContextRequest = as_request(body)?;
             let new = req.parse(scope, self.contexts.dim())?;
-            let ctx = self.contexts.create(scope, new).await?;
+            let ctx = if new.key.is_some() {
+                self.contexts.put(scope, new).await?.0
+            } else {
+                self.contexts.create(scope, new).await?
+            };
             Ok::<_, ApiError>(ContextResponse::from(ctx))
         };
         result.await.map_or_else(refused, ok)
@@ -257,6 +268,8 @@ impl Memory {
                     .as_deref()
                     .map(ContextType::parse)
                     .transpose()?,
+                key: args.key.as_deref().map(ContextKey::parse).transpose()?,
+                metadata: None,
                 limit: PageLimit::parse(args.limit)?,
                 after: args.cursor.as_deref().map(Cursor::parse).transpose()?,
             };

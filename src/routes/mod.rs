@@ -41,7 +41,9 @@ pub fn router(
     let api = Router::new()
         .route(
             "/contexts",
-            post(contexts::create_context).get(contexts::list_contexts),
+            post(contexts::create_context)
+                .get(contexts::list_contexts)
+                .put(contexts::put_context),
         )
         .route("/contexts/search", post(search::search_contexts))
         .route(

@@ -32,6 +32,7 @@ use crate::state::AppState;
     ),
     paths(
         contexts::create_context,
+        contexts::put_context,
         contexts::list_contexts,
         contexts::create_contexts,
         search::search_contexts,
@@ -92,9 +93,10 @@ impl Modify for Contract {
             if !path.starts_with("/contexts") {
                 continue;
             }
-            let ops: [Option<&mut Operation>; 4] = [
+            let ops: [Option<&mut Operation>; 5] = [
                 item.get.as_mut(),
                 item.post.as_mut(),
+                item.put.as_mut(),
                 item.patch.as_mut(),
                 item.delete.as_mut(),
             ];
@@ -235,10 +237,15 @@ fn refine(doc: &mut Value, dim: usize) {
             "properties": {"mode": {"const": "hybrid"}, "query": {"type": "string"}},
         },
     ]);
-    for path in ["/contexts", "/contexts/batch"] {
-        if let Some(params) = doc["paths"][path]["post"]["parameters"].as_array_mut() {
+    // A header is a string or absent, never null (its Option is `required: false`).
+    for (path, method) in [
+        ("/contexts", "post"),
+        ("/contexts", "put"),
+        ("/contexts/batch", "post"),
+    ] {
+        if let Some(params) = doc["paths"][path][method]["parameters"].as_array_mut() {
             for p in params.iter_mut().filter(|p| p["name"] == "Idempotency-Key") {
-                p["schema"]["pattern"] = json!("^[!-~]{1,255}$");
+                p["schema"] = json!({"type": "string", "pattern": "^[!-~]{1,255}$"});
             }
         }
     }
@@ -246,7 +253,10 @@ fn refine(doc: &mut Value, dim: usize) {
     for (path, method) in [("/contexts/{id}", "patch"), ("/contexts/{id}", "delete")] {
         if let Some(params) = doc["paths"][path][method]["parameters"].as_array_mut() {
             for p in params.iter_mut().filter(|p| p["name"] == "If-Match") {
-                p["schema"]["pattern"] = json!("^(\\*|(W/)?\"[^\"]*\"(, *(W/)?\"[^\"]*\")*)$");
+                p["schema"] = json!({
+                    "type": "string",
+                    "pattern": "^(\\*|(W/)?\"[^\"]*\"(, *(W/)?\"[^\"]*\")*)$",
+                });
             }
         }
     }
@@ -275,6 +285,8 @@ fn links(doc: &mut Value) {
     });
     for (path, method, status) in [
         ("/contexts", "post", "201"),
+        ("/contexts", "put", "201"),
+        ("/contexts", "put", "200"),
         ("/contexts/{id}", "get", "200"),
         ("/contexts/{id}", "patch", "200"),
     ] {

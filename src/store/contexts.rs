@@ -8,18 +8,19 @@ use uuid::Uuid;
 
 use super::{Store, StoreError, VectorIndex, VectorPlan, VectorScan};
 use crate::domain::{
-    Context, ContextId, EmbeddingStatus, Fusion, JsonObject, ListQuery, NewContext, Ranking,
-    SearchFilter, TopK, UserId,
+    Context, ContextId, ContextKey, EmbeddingStatus, Fusion, JsonObject, ListQuery, NewContext,
+    Ranking, SearchFilter, TopK, UserId,
 };
 
 const COLUMNS: &str =
-    "id, user_id, context_type, content, metadata, expires_at, embedding_status, \
+    "id, user_id, client_key, context_type, content, metadata, expires_at, embedding_status, \
                        is_active, version, created_at, updated_at, embedding_model";
 
 #[derive(FromRow)]
 pub(super) struct Row {
     pub(super) id: Uuid,
     pub(super) user_id: Uuid,
+    pub(super) client_key: Option<String>,
     pub(super) context_type: String,
     pub(super) content: Json<JsonObject>,
     pub(super) metadata: Json<JsonObject>,
@@ -45,7 +46,7 @@ macro_rules! row_query {
     ($head:tt, $tail:tt $(, $($args:tt)*)?) => {
         sqlx::query_as!(
             Row,
-            $head + r#" id, user_id, context_type, content AS "content: Json<JsonObject>",
+            $head + r#" id, user_id, client_key, context_type, content AS "content: Json<JsonObject>",
                 metadata AS "metadata: Json<JsonObject>", expires_at, embedding_status,
                 is_active, version, created_at, updated_at, embedding_model, "# + $tail
             $(, $($args)*)?
@@ -66,6 +67,7 @@ impl From<Row> for Context {
         Context {
             id: ContextId(r.id),
             user_id: UserId(r.user_id),
+            key: r.client_key,
             context_type: r.context_type,
             content: r.content.0,
             metadata: r.metadata.0,
@@ -128,12 +130,34 @@ pub struct PendingRow {
 const VISIBLE: &str = "is_active AND (expires_at IS NULL OR expires_at > now())";
 
 impl Store {
+    /// Inserts a context. When it has a key that a live context of its user
+    /// already holds: with `replace`, that context takes the new fields (a
+    /// new version; its id and, unless it had expired, its creation time
+    /// stay); without, nothing is written and the answer is `None`. An
+    /// expired holder is replaced either way: its key is free.
     #[tracing::instrument(name = "store.insert", level = "debug", skip_all, fields(id = %c.id.0))]
-    pub async fn insert(&self, c: &NewContext) -> Result<Context, StoreError> {
+    pub async fn insert(
+        &self,
+        c: &NewContext,
+        replace: bool,
+    ) -> Result<Option<Context>, StoreError> {
         let row = row_query!(
             "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at,
-                                   embedding_text, embedding, embedding_status, embedding_model)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                   embedding_text, embedding, embedding_status, embedding_model,
+                                   client_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (user_id, client_key) WHERE client_key IS NOT NULL AND is_active
+             DO UPDATE SET
+                context_type = EXCLUDED.context_type, content = EXCLUDED.content,
+                metadata = EXCLUDED.metadata, expires_at = EXCLUDED.expires_at,
+                embedding_text = EXCLUDED.embedding_text, embedding = EXCLUDED.embedding,
+                embedding_status = EXCLUDED.embedding_status,
+                embedding_model = EXCLUDED.embedding_model,
+                embedding_claim = NULL, embedding_claimed_until = NULL,
+                created_at = CASE WHEN contexts.expires_at <= now() THEN now()
+                                  ELSE contexts.created_at END,
+                version = contexts.version + 1, updated_at = now()
+             WHERE $12 OR contexts.expires_at <= now()
              RETURNING",
             r#"NULL::vector AS "embedding?: Vector", NULL::text AS "embedding_text?""#,
             c.id.0,
@@ -146,16 +170,23 @@ impl Store {
             vector_of(c) as _,
             status_of(c).as_str(),
             model_of(c),
+            c.key.as_ref().map(ContextKey::as_str),
+            replace,
         )
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(row.into())
+        Ok(row.map(Into::into))
     }
 
     /// Inserts every item in one statement (UNNEST of one array per column):
-    /// all rows or none. Returns the stored contexts in the order given.
+    /// all rows or none. Returns each item's stored context, in the order
+    /// given: `None` for an item whose key a live context of its user holds
+    /// (or an earlier item of the batch), which is not written.
     #[tracing::instrument(name = "store.insert_many", level = "debug", skip_all, fields(items = items.len()))]
-    pub async fn insert_many(&self, items: &[NewContext]) -> Result<Vec<Context>, StoreError> {
+    pub async fn insert_many(
+        &self,
+        items: &[NewContext],
+    ) -> Result<Vec<Option<Context>>, StoreError> {
         let Columns {
             ids,
             users,
@@ -167,12 +198,16 @@ impl Store {
             vectors,
             statuses,
             models,
+            keys,
         } = Columns::of(items.iter());
         let rows = row_query!(
             "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at,
-                                   embedding_text, embedding, embedding_status, embedding_model)
+                                   embedding_text, embedding, embedding_status, embedding_model,
+                                   client_key)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[],
-                                  $6::timestamptz[], $7::text[], $8::vector[], $9::text[], $10::text[])
+                                  $6::timestamptz[], $7::text[], $8::vector[], $9::text[], $10::text[],
+                                  $11::text[])
+             ON CONFLICT (user_id, client_key) WHERE client_key IS NOT NULL AND is_active DO NOTHING
              RETURNING",
             r#"NULL::vector AS "embedding?: Vector", NULL::text AS "embedding_text?""#,
             &ids,
@@ -185,6 +220,7 @@ impl Store {
             &vectors as _,
             &statuses as _,
             &models as _,
+            &keys as _,
         )
         .fetch_all(&self.pool)
         .await?;
@@ -193,8 +229,7 @@ impl Store {
             rows.into_iter().map(|r| (r.id, r)).collect();
         Ok(ids
             .iter()
-            .filter_map(|id| by_id.remove(id))
-            .map(Into::into)
+            .map(|id| by_id.remove(id).map(Into::into))
             .collect())
     }
 
@@ -529,6 +564,13 @@ fn list_query(q: &ListQuery) -> QueryBuilder<'_, Postgres> {
         sql.push(" AND context_type = ")
             .push_bind(t.as_str().to_owned());
     }
+    if let Some(k) = &q.key {
+        sql.push(" AND client_key = ")
+            .push_bind(k.as_str().to_owned());
+    }
+    if let Some(m) = &q.metadata {
+        sql.push(" AND metadata @> ").push_bind(Json(m.clone()));
+    }
     if let Some(c) = q.after {
         sql.push(" AND (created_at, id) < (")
             .push_bind(c.created_at)
@@ -553,6 +595,7 @@ pub(super) struct Columns<'a> {
     pub vectors: Vec<Option<Vector>>,
     pub statuses: Vec<&'static str>,
     pub models: Vec<Option<&'a str>>,
+    pub keys: Vec<Option<&'a str>>,
 }
 
 impl<'a> Columns<'a> {
@@ -569,6 +612,7 @@ impl<'a> Columns<'a> {
             vectors: Vec::with_capacity(n),
             statuses: Vec::with_capacity(n),
             models: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
         };
         for new in items {
             c.ids.push(new.id.0);
@@ -581,6 +625,7 @@ impl<'a> Columns<'a> {
             c.vectors.push(vector_of(new));
             c.statuses.push(status_of(new).as_str());
             c.models.push(model_of(new));
+            c.keys.push(new.key.as_ref().map(ContextKey::as_str));
         }
         c
     }

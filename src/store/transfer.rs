@@ -79,7 +79,8 @@ impl Store {
     }
 
     /// Inserts every item in one statement (all or none); an id already
-    /// stored is skipped, so a repeated import writes nothing twice. Returns
+    /// stored is skipped, so a repeated import writes nothing twice, and so
+    /// is a key that a live context of the user already holds. Returns
     /// how many rows were written.
     pub async fn restore_many(&self, items: &[Restored]) -> Result<u64, StoreError> {
         let Columns {
@@ -93,6 +94,7 @@ impl Store {
             vectors,
             statuses,
             models,
+            keys,
         } = Columns::of(items.iter().map(|r| &r.new));
         let created: Vec<DateTime<Utc>> = items.iter().map(|r| r.created_at).collect();
         let updated: Vec<DateTime<Utc>> = items.iter().map(|r| r.updated_at).collect();
@@ -100,11 +102,12 @@ impl Store {
         let done = sqlx::query!(
             "INSERT INTO contexts (id, user_id, context_type, content, metadata, expires_at,
                                    embedding_text, embedding, embedding_status,
-                                   created_at, updated_at, version, embedding_model)
+                                   created_at, updated_at, version, embedding_model, client_key)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[],
                                   $6::timestamptz[], $7::text[], $8::vector[], $9::text[],
-                                  $10::timestamptz[], $11::timestamptz[], $12::int4[], $13::text[])
-             ON CONFLICT (id) DO NOTHING",
+                                  $10::timestamptz[], $11::timestamptz[], $12::int4[], $13::text[],
+                                  $14::text[])
+             ON CONFLICT DO NOTHING",
             &ids,
             &users,
             &types as _,
@@ -118,6 +121,7 @@ impl Store {
             &updated,
             &versions,
             &models as _,
+            &keys as _,
         )
         .execute(&self.pool)
         .await?;

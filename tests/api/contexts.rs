@@ -278,12 +278,29 @@ async fn if_match_is_honored_on_patch_and_delete() {
         .sent()
         .await;
     assert_problem(resp, 412).await;
+    // A tag that is no version of ours never matches; a header that is no
+    // list of tags at all is malformed.
     let resp = app
         .req(Method::DELETE, &path)
-        .header("if-match", "garbage")
+        .header("if-match", "\"garbage\"")
         .sent()
         .await;
     assert_problem(resp, 412).await;
+    for malformed in ["garbage", "{}"] {
+        let resp = app
+            .req(Method::DELETE, &path)
+            .header("if-match", malformed)
+            .sent()
+            .await;
+        assert_problem(resp, 400).await;
+        let resp = app
+            .req(Method::PATCH, &path)
+            .header("if-match", malformed)
+            .json(&json!({"metadata": {"v": 4}}))
+            .sent()
+            .await;
+        assert_problem(resp, 400).await;
+    }
     // The stored context is untouched by the refused writes.
     let body: Value = app.get(id).await.json().await.unwrap();
     assert_eq!(body["metadata"], json!({"v": 2}));
@@ -420,7 +437,7 @@ async fn client_errors_are_problems_never_500() {
             .await;
         assert_problem(resp, 422).await;
     }
-    let resp = app.req(Method::PUT, "/contexts").sent().await;
+    let resp = app.req(Method::PATCH, "/contexts").sent().await;
     assert_problem(resp, 405).await;
     let resp = app.req(Method::GET, "/nowhere").sent().await;
     assert_problem(resp, 404).await;

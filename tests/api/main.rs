@@ -13,6 +13,7 @@ mod embeddings;
 mod health;
 mod idempotency;
 mod input;
+mod keys;
 mod lifecycle;
 mod limits;
 #[cfg(feature = "local-embeddings")]

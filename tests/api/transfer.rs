@@ -340,3 +340,41 @@ async fn vectors_of_another_model_are_made_again() {
     assert_eq!(back["embedding"], original);
     assert_eq!(back["model"], records[1]["model"]);
 }
+
+/// A context's key travels with it: exported, imported, exported again the
+/// same. A line whose key a live context of its user already holds under
+/// another id is skipped like a line already present.
+#[tokio::test]
+async fn keys_travel_with_an_export() {
+    let app = spawn_app().await;
+    app.create(
+        app.alice.id,
+        json!({"key": "ns/one", "content": {"text": "kept by key"}}),
+    )
+    .await;
+    let first = export(&app, &app.db.url, &[]).await;
+    let line: Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert_eq!(line["key"], "ns/one", "{first}");
+
+    let empty = TestDb::create(DIM).await;
+    let (_dir, file) = temp_file("contexts.ndjson", &first);
+    assert!(import(&app, &empty.url, &file, &[]).await.status.success());
+    assert_eq!(export(&app, &empty.url, &[]).await, first);
+
+    let mut other = line.clone();
+    other["id"] = json!(uuid::Uuid::now_v7());
+    other["content"] = json!({"text": "another holder"});
+    let (_dir2, file2) = temp_file("other.ndjson", &format!("{other}\n"));
+    let out = import(&app, &empty.url, &file2, &[]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        count(&empty).await,
+        1,
+        "the key's holder stays the only one"
+    );
+    assert_eq!(export(&app, &empty.url, &[]).await, first);
+}
