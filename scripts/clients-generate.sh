@@ -26,11 +26,12 @@ TS_TYPES=$TS_DIR/src/schema.ts
 
 # The venv the Python client's generator and tests share (idempotent).
 ensure_clients_venv() {
-    local want="datamodel-code-generator==$DATAMODEL_CODEGEN_VERSION"
+    local gen="datamodel-code-generator==$DATAMODEL_CODEGEN_VERSION" want
+    want="$gen $(sha256sum clients/python/pyproject.toml | cut -d' ' -f1)"
     if [[ "$(cat "$VENV/.installed" 2>/dev/null)" != "$want" ]]; then
         python3 -m venv "$VENV"
-        "$VENV/bin/pip" install -q "$want" || die "pip install $want failed"
-        "$VENV/bin/pip" install -q -e "clients/python[test]" || die "pip install clients/python failed"
+        "$VENV/bin/pip" install -q "$gen" || die "pip install $gen failed"
+        "$VENV/bin/pip" install -q -e "clients/python[test,langgraph]" || die "pip install clients/python failed"
         printf '%s' "$want" >"$VENV/.installed"
     fi
 }

@@ -204,3 +204,18 @@ def test_429_is_retried_after_the_wait_the_service_asks(service) -> None:
 def test_ready_reports_the_dependencies(user: ContextAPI) -> None:
     r = user.ready()
     assert r.status == "ready" and {"postgres", "redis", "embeddings"} <= set(r.checks), r
+
+
+def test_put_creates_then_replaces_by_key_and_list_finds_it(user: ContextAPI, tag) -> None:
+    from context_api_client import Conflict
+
+    first = user.put("favourite-drink", {"text": "green tea"}, context_type=tag, metadata={"topic": "drinks"})
+    second = user.put("favourite-drink", {"text": "black coffee"}, context_type=tag, metadata={"topic": "drinks"})
+    assert (second.id, second.version, second.key) == (first.id, 2, "favourite-drink")
+    with pytest.raises(Conflict) as e:
+        user.create({"text": "again"}, key="favourite-drink", context_type=tag)
+    assert e.value.type == "urn:context-api:problem:key-taken" and e.value.retry_after is None
+    [found] = user.list(key="favourite-drink").items
+    assert found.content == {"text": "black coffee"}
+    user.create({"text": "a bus"}, context_type=tag, metadata={"topic": "travel"})
+    assert [c.id for c in user.iterate(context_type=tag, metadata={"topic": "drinks"})] == [first.id]

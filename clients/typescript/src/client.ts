@@ -14,6 +14,16 @@ export type PatchContextRequest = Schemas["PatchContextRequest"];
 /** A create's fields; `context_type` defaults to "note". */
 export type NewContext = Omit<Schemas["CreateContextRequest"], "context_type"> & { context_type?: string };
 
+/** What `list` and `iterate` filter on. */
+export interface ListFilter {
+  user_id?: string;
+  context_type?: string;
+  /** Only the context of this key (`put`). */
+  key?: string;
+  /** Only contexts whose metadata contains this object. */
+  metadata?: Record<string, unknown>;
+}
+
 /** How a context is named: its id, or a fetched context (which also gives its version for If-Match). */
 export type ContextRef = string | Context;
 
@@ -121,6 +131,20 @@ export class ContextAPI {
     });
   }
 
+  /**
+   * Create the context of `context.key`, or replace the one that has it
+   * (same id, new version; every field is the call's).
+   */
+  put(context: NewContext & { key: string }): Promise<Context> {
+    return this.#send<Context>({
+      method: "PUT",
+      path: "/contexts",
+      body: { context_type: "note", ...context },
+      headers: { "idempotency-key": crypto.randomUUID() },
+      resendSafe: true,
+    });
+  }
+
   get(ref: ContextRef, options: { includeEmbedding?: boolean } = {}): Promise<Context> {
     return this.#send<Context>({
       method: "GET",
@@ -155,14 +179,16 @@ export class ContextAPI {
     });
   }
 
-  /** One page, newest first; `next_cursor` names the next. */
-  list(filter: { user_id?: string; context_type?: string; limit?: number; cursor?: string } = {}): Promise<ListResponse> {
-    return this.#send<ListResponse>({ method: "GET", path: "/contexts", query: filter, resendSafe: true });
+  /** One page, newest first; `next_cursor` names the next. `metadata`: containment. */
+  list(filter: ListFilter & { limit?: number; cursor?: string } = {}): Promise<ListResponse> {
+    const { metadata, ...rest } = filter;
+    const query = { ...rest, metadata: metadata === undefined ? undefined : JSON.stringify(metadata) };
+    return this.#send<ListResponse>({ method: "GET", path: "/contexts", query, resendSafe: true });
   }
 
   /** Every context, newest first, page after page. */
   async *iterate(
-    filter: { user_id?: string; context_type?: string; pageSize?: number } = {},
+    filter: ListFilter & { pageSize?: number } = {},
   ): AsyncGenerator<Context, void, undefined> {
     const { pageSize = 100, ...rest } = filter;
     let cursor: string | undefined;

@@ -13,7 +13,13 @@ export interface paths {
         };
         /** Contexts, newest first, a page at a time. */
         get: operations["list_contexts"];
-        put?: never;
+        /**
+         * Create the context of `key`, or replace the one that has it (as a
+         *     memory store's put does): its fields become the request's, its version
+         *     grows, its id stays. An expired context's key is free. The text is
+         *     embedded as a create's is.
+         */
+        put: operations["put_context"];
         /**
          * Store a context. Without `embedding`, its text is embedded at once when the
          *     embedding service answers in time, else it is stored `pending` and embedded
@@ -186,6 +192,8 @@ export interface components {
             /** Format: uuid */
             id: string;
             is_active: boolean;
+            /** @description The client's name for it, or `null`. */
+            key?: string | null;
             metadata: Record<string, unknown>;
             /** Format: date-time */
             updated_at: string;
@@ -216,6 +224,13 @@ export interface components {
              * @description When the context stops being visible (years 0001 to 9999). Not with `ttl_seconds`.
              */
             expires_at?: string | null;
+            /**
+             * @description A name of the client's choosing, unique among the user's live
+             *     contexts (1 to 1,024 characters, no control characters). A create
+             *     whose key is in use is 409; `PUT /contexts` replaces that context.
+             *     Required by `PUT /contexts`.
+             */
+            key?: string | null;
             /** @description A JSON object, matched by the search's `metadata` filter (containment). */
             metadata?: Record<string, unknown> | null;
             /** @description The text to embed, instead of the one derived from `content`. */
@@ -368,6 +383,10 @@ export interface operations {
                 /** @description Only this user's contexts (a user key: its own, the default). */
                 user_id?: string;
                 context_type?: string;
+                /** @description Only the context of this key (`PUT /contexts`). */
+                key?: string;
+                /** @description Only contexts whose metadata contains this JSON object, e.g. `{"topic":"food"}`. */
+                metadata?: string;
                 /** @description 1 to 100, default 20. */
                 limit?: number;
                 /** @description `next_cursor` of the previous page. */
@@ -444,12 +463,142 @@ export interface operations {
             };
         };
     };
+    put_context: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description A key naming this request (a UUID is best; 1 to 255 visible ASCII characters). A retry with it gets the first answer, marked `Idempotent-Replayed: true`, and writes nothing; the same key with another body is 422. */
+                "Idempotency-Key"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateContextRequest"];
+            };
+        };
+        responses: {
+            /** @description Replaced */
+            200: {
+                headers: {
+                    ETag?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ContextResponse"];
+                };
+            };
+            /** @description Created */
+            201: {
+                headers: {
+                    /** @description The version */
+                    ETag?: string;
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ContextResponse"];
+                };
+            };
+            /** @description The body is not JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No key, or an unknown key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A user key writing for another user */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The route does not have this method */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request with this Idempotency-Key is still running (Retry-After) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid JSON the service cannot take */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Over this key's rate limit (Retry-After; RateLimit and RateLimit-Policy) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Overloaded, or a required dependency is down (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     create_context: {
         parameters: {
             query?: never;
             header?: {
                 /** @description A key naming this request (a UUID is best; 1 to 255 visible ASCII characters). A retry with it gets the first answer, marked `Idempotent-Replayed: true`, and writes nothing; the same key with another body is 422. */
-                "Idempotency-Key"?: string | null;
+                "Idempotency-Key"?: string;
             };
             path?: never;
             cookie?: never;
@@ -569,7 +718,7 @@ export interface operations {
             query?: never;
             header?: {
                 /** @description A key naming this request (a UUID is best; 1 to 255 visible ASCII characters). A retry with it gets the first answer, marked `Idempotent-Replayed: true`, and writes nothing; the same key with another body is 422. */
-                "Idempotency-Key"?: string | null;
+                "Idempotency-Key"?: string;
             };
             path?: never;
             cookie?: never;
@@ -865,7 +1014,7 @@ export interface operations {
                 hard?: boolean;
             };
             header?: {
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 id: string;
@@ -880,6 +1029,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description If-Match is not a list of entity tags */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
             };
             /** @description No key, or an unknown key */
             401: {
@@ -951,7 +1109,7 @@ export interface operations {
             query?: never;
             header?: {
                 /** @description The version last seen, as its ETag */
-                "If-Match"?: string | null;
+                "If-Match"?: string;
             };
             path: {
                 id: string;
@@ -974,7 +1132,7 @@ export interface operations {
                     "application/json": components["schemas"]["ContextResponse"];
                 };
             };
-            /** @description The body is not JSON */
+            /** @description The body is not JSON, or If-Match is not a list of entity tags */
             400: {
                 headers: {
                     [name: string]: unknown;

@@ -8,6 +8,7 @@ import { randomUUID } from "node:crypto";
 
 import {
   BatchResult,
+  Conflict,
   ContextAPI,
   Forbidden,
   NotFound,
@@ -158,6 +159,24 @@ describe("contexts", () => {
     assert.equal(result.created, 600);
     assert.deepEqual(result.problems.map(([i, p]) => [i, p.status]), [[10, 413]]);
     assert.equal(result.contexts[10]?.content["text"], "note 10");
+  });
+
+  test("put creates then replaces by key, and list finds it by key and metadata", async () => {
+    const t = tag();
+    const first = await user.put({ key: `${t}-drink`, content: { text: "green tea" }, context_type: t, metadata: { topic: "drinks" } });
+    const second = await user.put({ key: `${t}-drink`, content: { text: "black coffee" }, context_type: t, metadata: { topic: "drinks" } });
+    assert.deepEqual([second.id, second.version, second.key], [first.id, 2, `${t}-drink`]);
+    await assert.rejects(user.create({ key: `${t}-drink`, content: { text: "again" } }), (e: Conflict) => {
+      assert.ok(e instanceof Conflict);
+      assert.equal(e.type, "urn:context-api:problem:key-taken");
+      assert.equal(e.retryAfter, undefined);
+      return true;
+    });
+    const byKey = await user.list({ key: `${t}-drink` });
+    assert.deepEqual(byKey.items.map((c) => c.content["text"]), ["black coffee"]);
+    await user.create({ content: { text: "a bus" }, context_type: t, metadata: { topic: "travel" } });
+    const drinks = await all(user.iterate({ context_type: t, metadata: { topic: "drinks" } }));
+    assert.deepEqual(drinks.map((c) => c.id), [first.id]);
   });
 
   test("ready reports the dependencies", async () => {

@@ -164,6 +164,8 @@ def _drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
 def create(
     content: Mapping[str, Any],
     *,
+    key: str | None = None,
+    replace: bool = False,
     context_type: str,
     user_id: str | UUID | None,
     metadata: Mapping[str, Any] | None,
@@ -175,6 +177,7 @@ def create(
 ) -> Call[ContextResponse]:
     body = _drop_none(
         {
+            "key": key,
             "content": dict(content),
             "context_type": context_type,
             "user_id": user_id,
@@ -186,7 +189,7 @@ def create(
         }
     )
     return Call(
-        "POST",
+        "PUT" if replace else "POST",
         "/contexts",
         _model(ContextResponse),
         body=body,
@@ -227,11 +230,20 @@ def list_page(
     *,
     user_id: str | UUID | None,
     context_type: str | None,
+    key: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
     limit: int | None,
     cursor: str | None,
 ) -> Call[ListResponse]:
     params = _drop_none(
-        {"user_id": user_id and str(user_id), "context_type": context_type, "limit": limit, "cursor": cursor}
+        {
+            "user_id": user_id and str(user_id),
+            "context_type": context_type,
+            "key": key,
+            "metadata": None if metadata is None else json.dumps(metadata, separators=(",", ":")),
+            "limit": limit,
+            "cursor": cursor,
+        }
     )
     return Call("GET", "/contexts", _model(ListResponse), params=params, resend_safe=True)
 

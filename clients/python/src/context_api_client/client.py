@@ -93,6 +93,7 @@ class ContextAPI:
         self,
         content: Mapping[str, Any],
         *,
+        key: str | None = None,
         context_type: str = "note",
         user_id: str | UUID | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -103,10 +104,12 @@ class ContextAPI:
         idempotency_key: str | None = None,
     ) -> ContextResponse:
         """Store a context. An Idempotency-Key (a new UUID unless given) names
-        it, so that a retry never stores it twice."""
+        it, so that a retry never stores it twice. With a `key` a live
+        context of the user has: `Conflict` (see `put`)."""
         return self._send(
             _core.create(
                 content,
+                key=key,
                 context_type=context_type,
                 user_id=user_id,
                 metadata=metadata,
@@ -115,6 +118,37 @@ class ContextAPI:
                 ttl_seconds=ttl_seconds,
                 expires_at=expires_at,
                 idempotency_key=idempotency_key,
+            )
+        )
+
+    def put(
+        self,
+        key: str,
+        content: Mapping[str, Any],
+        *,
+        context_type: str = "note",
+        user_id: str | UUID | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        text: str | None = None,
+        embedding: list[float] | None = None,
+        ttl_seconds: int | None = None,
+        expires_at: datetime | str | None = None,
+    ) -> ContextResponse:
+        """Create the context of `key`, or replace the one that has it (same
+        id, new version; every field is the call's)."""
+        return self._send(
+            _core.create(
+                content,
+                key=key,
+                replace=True,
+                context_type=context_type,
+                user_id=user_id,
+                metadata=metadata,
+                text=text,
+                embedding=embedding,
+                ttl_seconds=ttl_seconds,
+                expires_at=expires_at,
+                idempotency_key=None,
             )
         )
 
@@ -160,12 +194,21 @@ class ContextAPI:
         *,
         user_id: str | UUID | None = None,
         context_type: str | None = None,
+        key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
         limit: int | None = None,
         cursor: str | None = None,
     ) -> ListResponse:
         """One page, newest first; `next_cursor` names the next."""
         return self._send(
-            _core.list_page(user_id=user_id, context_type=context_type, limit=limit, cursor=cursor)
+            _core.list_page(
+                user_id=user_id,
+                context_type=context_type,
+                key=key,
+                metadata=metadata,
+                limit=limit,
+                cursor=cursor,
+            )
         )
 
     def iterate(
@@ -173,12 +216,21 @@ class ContextAPI:
         *,
         user_id: str | UUID | None = None,
         context_type: str | None = None,
+        key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
         page_size: int = 100,
     ) -> Iterator[ContextResponse]:
         """Every context, newest first, page after page."""
         cursor = None
         while True:
-            page = self.list(user_id=user_id, context_type=context_type, limit=page_size, cursor=cursor)
+            page = self.list(
+                user_id=user_id,
+                context_type=context_type,
+                key=key,
+                metadata=metadata,
+                limit=page_size,
+                cursor=cursor,
+            )
             yield from page.items
             if page.next_cursor is None:
                 return
@@ -288,6 +340,7 @@ class AsyncContextAPI:
         self,
         content: Mapping[str, Any],
         *,
+        key: str | None = None,
         context_type: str = "note",
         user_id: str | UUID | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -300,6 +353,7 @@ class AsyncContextAPI:
         return await self._send(
             _core.create(
                 content,
+                key=key,
                 context_type=context_type,
                 user_id=user_id,
                 metadata=metadata,
@@ -308,6 +362,37 @@ class AsyncContextAPI:
                 ttl_seconds=ttl_seconds,
                 expires_at=expires_at,
                 idempotency_key=idempotency_key,
+            )
+        )
+
+    async def put(
+        self,
+        key: str,
+        content: Mapping[str, Any],
+        *,
+        context_type: str = "note",
+        user_id: str | UUID | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        text: str | None = None,
+        embedding: list[float] | None = None,
+        ttl_seconds: int | None = None,
+        expires_at: datetime | str | None = None,
+    ) -> ContextResponse:
+        """Create the context of `key`, or replace the one that has it (same
+        id, new version; every field is the call's)."""
+        return await self._send(
+            _core.create(
+                content,
+                key=key,
+                replace=True,
+                context_type=context_type,
+                user_id=user_id,
+                metadata=metadata,
+                text=text,
+                embedding=embedding,
+                ttl_seconds=ttl_seconds,
+                expires_at=expires_at,
+                idempotency_key=None,
             )
         )
 
@@ -351,11 +436,20 @@ class AsyncContextAPI:
         *,
         user_id: str | UUID | None = None,
         context_type: str | None = None,
+        key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
         limit: int | None = None,
         cursor: str | None = None,
     ) -> ListResponse:
         return await self._send(
-            _core.list_page(user_id=user_id, context_type=context_type, limit=limit, cursor=cursor)
+            _core.list_page(
+                user_id=user_id,
+                context_type=context_type,
+                key=key,
+                metadata=metadata,
+                limit=limit,
+                cursor=cursor,
+            )
         )
 
     async def iterate(
@@ -363,12 +457,19 @@ class AsyncContextAPI:
         *,
         user_id: str | UUID | None = None,
         context_type: str | None = None,
+        key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
         page_size: int = 100,
     ) -> AsyncIterator[ContextResponse]:
         cursor = None
         while True:
             page = await self.list(
-                user_id=user_id, context_type=context_type, limit=page_size, cursor=cursor
+                user_id=user_id,
+                context_type=context_type,
+                key=key,
+                metadata=metadata,
+                limit=page_size,
+                cursor=cursor,
             )
             for item in page.items:
                 yield item

@@ -46,6 +46,10 @@ class ContextResponse(BaseModel):
     expires_at: AwareDatetime | None = None
     id: UUID
     is_active: bool
+    key: str | None = None
+    """
+    The client's name for it, or `null`.
+    """
     metadata: dict[str, Any]
     updated_at: AwareDatetime
     user_id: UUID
@@ -90,6 +94,13 @@ class CreateContextRequest(BaseModel):
     expires_at: AwareDatetime | None = None
     """
     When the context stops being visible (years 0001 to 9999). Not with `ttl_seconds`.
+    """
+    key: Annotated[str | None, Field(max_length=1024, min_length=1)] = None
+    """
+    A name of the client's choosing, unique among the user's live
+    contexts (1 to 1,024 characters, no control characters). A create
+    whose key is in use is 409; `PUT /contexts` replaces that context.
+    Required by `PUT /contexts`.
     """
     metadata: dict[str, Any] | None = None
     """
