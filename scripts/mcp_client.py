@@ -1,6 +1,7 @@
 """The official MCP Python SDK against context-api's /mcp, as an agent uses it:
-an admin key stores a memory for a user and recalls it; a key scoped to
-another user neither sees it nor reaches it by id.
+an admin key stores a memory for a user and recalls it, and replaces a
+memory by its key; a key scoped to another user neither sees it nor reaches
+it by id.
 
     mcp_client.py URL ADMIN_KEY USER_KEY USER_ID OTHER_USER_ID
 
@@ -44,6 +45,17 @@ async def main(url: str, admin_key: str, user_key: str, user: str, other: str) -
         check(not found.is_error, f"recall: {found}")
         ids = [r["context"]["id"] for r in found.structured_content["results"]]
         check(ids and ids[0] == mine.structured_content["id"], f"recall found {ids}")
+        # A key names a memory: remembering under it again replaces it.
+        first = await s.call_tool("remember", {"text": "the user drinks green tea", "user_id": user,
+                                               "key": "drink"})
+        again = await s.call_tool("remember", {"text": "the user drinks black coffee", "user_id": user,
+                                               "key": "drink"})
+        check(not first.is_error and not again.is_error, f"remember with a key: {first} {again}")
+        check(again.structured_content["id"] == first.structured_content["id"]
+              and again.structured_content["version"] == 2, f"the key's memory replaced: {again}")
+        listed = await s.call_tool("list_memories", {"user_id": user, "key": "drink"})
+        texts = [c["content"]["text"] for c in listed.structured_content["items"]]
+        check(texts == ["the user drinks black coffee"], f"list_memories by key: {texts}")
         return mine.structured_content["id"], theirs.structured_content["id"]
 
     mine, theirs = await session_call(url, admin_key, as_admin)
