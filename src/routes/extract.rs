@@ -307,44 +307,47 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// The version named by `If-Match: "<version>"`; `None` when absent or `*`.
-/// A header that is not `*` or a list of entity tags is malformed: 400. A
-/// well-formed tag that is not one of our versions can never match: 412.
+/// The version named by `If-Match: "<version>"`; `None` when absent, empty
+/// (an empty list of conditions) or `*`.
+/// A header that is not `*` or a list of entity tags (`"3"`, `W/"3", "4"`)
+/// is malformed: 400. A tag that is not one of our versions can never
+/// match: 412.
 pub fn if_match(headers: &HeaderMap) -> Result<Option<i32>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let malformed = || {
-        ApiError::BadRequest("If-Match must be `*` or a list of entity tags such as \"3\"".into())
-    };
-    let value = value.to_str().map_err(|_| malformed())?.trim();
-    if value == "*" {
+    // A tag may hold any octet but DQUOTE (obs-text too): read it as such.
+    let value = String::from_utf8_lossy(value.as_bytes());
+    let value = value.trim();
+    if value.is_empty() || value == "*" {
         return Ok(None);
     }
-    let tags = entity_tags(value).ok_or_else(malformed)?;
-    let version = tags[0].parse::<i32>().map_err(|_| {
+    let first = entity_tags(value).ok_or_else(|| {
+        ApiError::BadRequest("If-Match must be `*` or a list of entity tags such as \"3\"".into())
+    })?;
+    let version = first.parse::<i32>().map_err(|_| {
         ApiError::PreconditionFailed("If-Match does not name a version of this context".into())
     })?;
     Ok(Some(version))
 }
 
-/// The opaque parts of `#( [W/] DQUOTE *etagc DQUOTE )` (RFC 9110 8.8.3),
-/// at least one; `None` when `value` is not such a list.
-fn entity_tags(value: &str) -> Option<Vec<&str>> {
-    let mut tags = Vec::new();
-    let mut rest = value;
-    loop {
-        rest = rest.trim_start();
-        rest = rest.strip_prefix("W/").unwrap_or(rest);
-        let inner = rest.strip_prefix('"')?;
-        let end = inner.find('"')?;
-        tags.push(&inner[..end]);
-        rest = inner[end + 1..].trim_start();
-        if rest.is_empty() {
-            return Some(tags);
-        }
-        rest = rest.strip_prefix(',')?;
+/// The first tag's opaque part if `value` is `tag *("," *SP tag)`, each tag
+/// `[W/] DQUOTE *(any but DQUOTE) DQUOTE`: the document's pattern for the
+/// header, exactly, so that what it calls malformed is refused as such.
+fn entity_tags(value: &str) -> Option<&str> {
+    let tag = |s: &str| -> Option<(usize, usize, usize)> {
+        let start = if s.starts_with("W/") { 2 } else { 0 };
+        let inner = s[start..].strip_prefix('"')?;
+        let len = inner.find('"')?;
+        Some((start + 1, start + 1 + len, start + len + 2))
+    };
+    let (from, to, mut at) = tag(value)?;
+    while at < value.len() {
+        let rest = value[at..].strip_prefix(',')?.trim_start_matches(' ');
+        at = value.len() - rest.len();
+        at += tag(rest)?.2;
     }
+    Some(&value[from..to])
 }
 
 #[cfg(test)]
@@ -371,7 +374,18 @@ mod tests {
             if_match(&with(header::IF_MATCH, "abc")),
             Err(ApiError::BadRequest(_))
         ));
-        for malformed in ["{}", "\"3", "\"3\" \"4\"", "\"3\",", "W/3", ""] {
+        assert_eq!(if_match(&with(header::IF_MATCH, "")).unwrap(), None);
+        for malformed in [
+            "{}",
+            "\"3",
+            "\"3\" \"4\"",
+            "W/3",
+            "3",
+            "\"3\"x",
+            "\"3\",",
+            "\"3\" ,\"4\"",
+            ", \"3\"",
+        ] {
             assert!(
                 matches!(
                     if_match(&with(header::IF_MATCH, malformed)),
@@ -381,7 +395,7 @@ mod tests {
             );
         }
         // Well formed, but never one of our versions: 412.
-        for stale in ["\"abc\"", "\"a,b\"", "W/\"\""] {
+        for stale in ["\"abc\"", "\"a,b\"", "W/\"\"", "\"\""] {
             assert!(
                 matches!(
                     if_match(&with(header::IF_MATCH, stale)),
@@ -391,8 +405,12 @@ mod tests {
             );
         }
         assert_eq!(
-            if_match(&with(header::IF_MATCH, " \"5\" , W/\"6\"")).unwrap(),
+            if_match(&with(header::IF_MATCH, " \"5\",  W/\"6\"")).unwrap(),
             Some(5)
+        );
+        assert_eq!(
+            if_match(&with(header::IF_MATCH, "\"7\",\"8\"")).unwrap(),
+            Some(7)
         );
     }
 

@@ -17,7 +17,7 @@ use utoipa::{Modify, OpenApi};
 use serde_json::{json, Map, Value};
 
 use super::{contexts, health, search};
-use crate::domain::{ContextType, Cursor, Embedding, Expiry};
+use crate::domain::{ContextKey, ContextType, Cursor, Embedding, Expiry};
 use crate::error::Problem;
 use crate::state::AppState;
 
@@ -143,8 +143,9 @@ pub fn document(dim: usize) -> Value {
 /// that the schemas accept exactly what the parsers in `domain` accept (the
 /// contract test fuzzes both directions: valid data taken, invalid refused).
 fn refine(doc: &mut Value, dim: usize) {
-    // U+0000-001F and U+007F-009F: what `char::is_control` refuses.
-    let control = json!({"pattern": "[\\u0000-\\u001F\\u007F-\\u009F]"});
+    // U+0000-001F and U+007F-009F: what `char::is_control` refuses. (A
+    // string holding one; `null`, where a field takes it, passes.)
+    let control = json!({"type": "string", "pattern": "[\\u0000-\\u001F\\u007F-\\u009F]"});
     // Anything but Unicode White_Space (what `str::trim` removes); the
     // pattern is unanchored: "contains one such character".
     let not_blank =
@@ -155,6 +156,11 @@ fn refine(doc: &mut Value, dim: usize) {
         "context_type" => {
             schema.insert("minLength".into(), json!(1));
             schema.insert("maxLength".into(), json!(ContextType::MAX_CHARS));
+            schema.insert("not".into(), control.clone());
+        }
+        "key" => {
+            schema.insert("minLength".into(), json!(1));
+            schema.insert("maxLength".into(), json!(ContextKey::MAX_CHARS));
             schema.insert("not".into(), control.clone());
         }
         "text" | "query" => {
@@ -202,7 +208,24 @@ fn refine(doc: &mut Value, dim: usize) {
             if let Some(schema) = p["schema"].as_object_mut() {
                 field(&name, schema);
             }
+            // The metadata filter is a JSON object in the query string.
+            if name == "metadata" {
+                let p = p.as_object_mut().expect("a parameter is an object");
+                p.remove("schema");
+                p.insert(
+                    "content".into(),
+                    json!({"application/json": {"schema": {"type": "object"}}}),
+                );
+            }
         }
+    }
+    // PUT takes a create's body, with its key required.
+    let put = &mut doc["paths"]["/contexts"]["put"]["requestBody"]["content"]["application/json"];
+    if put.is_object() {
+        put["schema"] = json!({"allOf": [
+            {"$ref": "#/components/schemas/CreateContextRequest"},
+            {"required": ["key"], "properties": {"key": {"type": "string"}}},
+        ]});
     }
     // One of expires_at and ttl_seconds. A create reads `null` as absent; a
     // PATCH reads `expires_at: null` as "clear it", so there it counts.
@@ -249,13 +272,14 @@ fn refine(doc: &mut Value, dim: usize) {
             }
         }
     }
-    // If-Match: `*` or entity tags; one that names no version answers 412.
+    // If-Match: `*` or entity tags (empty: no condition); a tag that names
+    // no version answers 412, anything else 400.
     for (path, method) in [("/contexts/{id}", "patch"), ("/contexts/{id}", "delete")] {
         if let Some(params) = doc["paths"][path][method]["parameters"].as_array_mut() {
             for p in params.iter_mut().filter(|p| p["name"] == "If-Match") {
                 p["schema"] = json!({
                     "type": "string",
-                    "pattern": "^(\\*|(W/)?\"[^\"]*\"(, *(W/)?\"[^\"]*\")*)$",
+                    "pattern": "^(\\*|(W/)?\"[^\"]*\"(, *(W/)?\"[^\"]*\")*)?$",
                 });
             }
         }
