@@ -19,7 +19,7 @@
 # 5. tears everything down (containers, volumes, network, podman service).
 #
 # Podman on these machines needs four adjustments (setup_podman in
-# scripts/lib/deploy-tools.sh writes them to .deploy/podman/; nothing in /etc
+# scripts/lib/deploy-tools.sh writes them to ~/.cache/context-api/podman/; nothing in /etc
 # is changed), and a loop of `podman healthcheck run` here because no systemd
 # timer drives HEALTHCHECKs. The stand-ins are built by deploy/stand-ins/build.sh. Image builds use the host's network (RUN steps only
 # need the package registries; the host resolver does not answer from a

@@ -19,7 +19,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 DEPLOY_DIR="$REPO/.deploy"
 TOOLS_DIR="$DEPLOY_DIR/tools"
-PODMAN_DIR="$DEPLOY_DIR/podman"
+# Podman's configuration and image store live in the machine's cache, not in
+# the checkout: a fresh clone (CI's) then reuses the stand-in base images and
+# the image's dependency layer, which are rebuilt only when their inputs
+# change (the stand-ins' hash labels; Cargo.toml and Cargo.lock for the
+# layer). An empty cache, on a new machine, builds everything.
+PODMAN_DIR="${CONTEXT_API_PODMAN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/context-api/podman}"
 # shellcheck disable=SC2034 # the work area of the stand-in builds and the stack test
 STACK_DIR="$DEPLOY_DIR/stack"
 HADOLINT_VERSION="${HADOLINT_VERSION:-2.15.1}"
@@ -87,7 +92,7 @@ ensure_container_tools() {
     apt_ensure_pkgs netavark aardvark-dns iptables python3-yaml
 }
 
-# Podman on these machines needs four adjustments, written to .deploy/podman/
+# Podman on these machines needs four adjustments, written to $PODMAN_DIR
 # (nothing in /etc is changed): ulimits <= 1024 (no CAP_SYS_RESOURCE), runc +
 # cgroupfs (hybrid cgroup v1), the file events logger (no systemd), and the
 # docker image format so that HEALTHCHECK is kept.
