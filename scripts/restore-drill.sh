@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The restore drill: a backup in the production backup service's format,
-# restored into an empty database by the README's own steps, must give back
+# restored into an empty database by the documented steps (docs/deployment.md), must give back
 # the same service:
 #   1. a database with contexts, written through the API (release build, the
 #      TEI stand-in, the local Postgres and Redis);
 #   2. the backup: pg_dump with the backup service's POSTGRES_EXTRA_OPTS, read
 #      from docker-compose.prod.yml (custom format, compressed);
 #   3. the writers stopped; an empty database with the extension, as
-#      init-db/ makes it; the README's `pg_restore` line (read from
-#      README.md, with this drill's database, user and file);
+#      init-db/ makes it; the documented `pg_restore` line (read from
+#      docs/deployment.md, with this drill's database, user and file);
 #   4. the service on the restored database: the same row count, the same
 #      results (ids, order, scores) for fixed queries in every search mode,
 #      and an HNSW index that is valid and chosen by the planner.
@@ -111,16 +111,16 @@ opts="$(sed -n 's/^ *POSTGRES_EXTRA_OPTS: *//p' docker-compose.prod.yml)"
 "$PG_BIN_DIR/pg_dump" $opts -d "$SCRATCH_DB_URL" -f "$WORK/context.dump" || die "pg_dump failed"
 log "$(du -h "$WORK/context.dump" | cut -f1) dump ($opts)"
 
-phase "restore: the README's steps into an empty database"
+phase "restore: the documented steps into an empty database"
 # "stop the writers"
 kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true
 # A new, empty volume: init-db/ has created the extension.
 "$PSQL" -X -q -v ON_ERROR_STOP=1 "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS $DST" -c "CREATE DATABASE $DST" \
     || die "cannot create $DST"
 "$PSQL" -X -q -v ON_ERROR_STOP=1 "${TEST_DATABASE_URL%/*}/$DST" -f init-db/01-extensions.sql || die "init-db failed"
-# The README's pg_restore line, as written there, with this drill's names.
-line="$(grep -m1 -o 'pg_restore .*/tmp/context.dump' README.md)" || die "README.md has no pg_restore line"
-log "README: $line"
+# The documented pg_restore line, as written there, with this drill's names.
+line="$(grep -m1 -o 'pg_restore .*/tmp/context.dump' docs/deployment.md)" || die "docs/deployment.md has no pg_restore line"
+log "docs/deployment.md: $line"
 read -r -a restore <<<"$line"
 db_user="$(python3 -c 'import sys, urllib.parse as u; print(u.urlparse(sys.argv[1]).username)' "$TEST_DATABASE_URL")"
 args=()

@@ -34,7 +34,7 @@ fi
 
 # The integration suite again, on a 3-master Redis Cluster instead of one
 # Redis. One test is left out: it checks the in-process cache tier, which is
-# off with a cluster by design (README, Scaling), and a test of its own
+# off with a cluster by design (docs/deployment.md, How it scales out), and a test of its own
 # checks that it is off.
 if [[ "${SKIP_REDIS_CLUSTER:-0}" != "1" ]]; then
     scripts/services.sh start-redis-cluster

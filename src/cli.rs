@@ -113,7 +113,7 @@ enum Command {
     },
     /// Print the effective configuration, secrets redacted, after checking it.
     Config {
-        /// Print instead the table of every setting (the README's), unchecked.
+        /// Print instead the table of every setting (docs/configuration.md's), unchecked.
         #[arg(long)]
         table: bool,
     },

@@ -38,7 +38,7 @@ pub enum StartupError {
         "contexts.embedding has dimension {column} but EMBEDDING_DIM is {configured}: \
          set EMBEDDING_DIM={column}, or to change the model keep the old one as \
          EMBEDDING_PREVIOUS_SERVICE_URL and EMBEDDING_PREVIOUS_DIM={column} and run \
-         `context-api reembed` (see the README's Re-embedding)"
+         `context-api reembed` (see docs/operations.md, Re-embedding)"
     )]
     DimensionMismatch { column: i32, configured: usize },
     #[error("migration failed: {0}")]

@@ -1,7 +1,7 @@
 //! Every setting, declared once: its name, type, default, meaning and (by
 //! its type, [`Secret`]) secrecy. The environment variable is the name in
 //! upper case, the TOML key the name itself. The key list figment reads, the
-//! README's configuration table (`context-api config --table`, checked by a
+//! configuration table of docs/configuration.md (`context-api config --table`, checked by a
 //! test) and the redacted print (`context-api config`) all come from here.
 //!
 //! Adding a setting: one line here, then its use (usually in a section's
@@ -204,7 +204,7 @@ impl Raw {
     }
 }
 
-/// The README's configuration table (`context-api config --table`).
+/// The configuration table of docs/configuration.md (`context-api config --table`).
 pub fn markdown_table() -> String {
     let mut out = String::from("| variable | default | meaning |\n|---|---|---|\n");
     for (key, default) in Raw::default().shown() {

@@ -1,25 +1,28 @@
-//! The README stays true to the code: its configuration table is the one the
-//! declarations generate, and its layout names what the tree holds.
+//! The documentation stays true to the code: the configuration table
+//! (docs/configuration.md) is the one the declarations generate, and the
+//! layout (docs/development.md) names what the tree holds; every link
+//! between the README and docs/ leads to a file and a heading that exist.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::helpers::SendExt;
 
-fn readme() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md is readable")
+/// A documentation file, by its path in the repository.
+fn doc(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap_or_else(|e| panic!("{path} is readable: {e}"))
 }
 
 /// The text between two marker lines.
 fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
     let a = text
         .find(start)
-        .unwrap_or_else(|| panic!("README lacks {start:?}"));
+        .unwrap_or_else(|| panic!("the document lacks {start:?}"));
     let a = a + text[a..].find('\n').expect("a line after the marker") + 1;
     let b = a + text[a..]
         .find(end)
-        .unwrap_or_else(|| panic!("README lacks {end:?}"));
+        .unwrap_or_else(|| panic!("the document lacks {end:?}"));
     &text[a..b]
 }
 
@@ -93,21 +96,23 @@ async fn the_served_openapi_document_is_the_committed_one() {
 }
 
 #[test]
-fn the_readme_configuration_table_is_the_declared_one() {
-    let text = readme();
+fn the_configuration_table_is_the_declared_one() {
+    let text = doc("docs/configuration.md");
     let table = between(&text, "<!-- settings:", "<!-- /settings -->");
     let declared = context_api::config::markdown_table();
     assert_eq!(
         table, declared,
-        "README.md's configuration table differs from the declarations: \
+        "docs/configuration.md's table differs from the declarations: \
          replace it with the output of `cargo run -- config --table`"
     );
 }
 
 #[test]
-fn the_readme_layout_names_every_module_and_nothing_missing() {
-    let text = readme();
-    let layout = between(&text, "## Layout", "## Deployment");
+fn the_layout_names_every_module_and_nothing_missing() {
+    let text = doc("docs/development.md");
+    let layout = &text[text
+        .find("## Layout")
+        .expect("docs/development.md has ## Layout")..];
     let block = between(layout, "```", "```");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // Names in the first column: top-level entries at column 0; src/'s own
@@ -132,13 +137,13 @@ fn the_readme_layout_names_every_module_and_nothing_missing() {
     for name in &listed_top {
         assert!(
             root.join(name).exists(),
-            "README layout lists {name}, which does not exist"
+            "the layout lists {name}, which does not exist"
         );
     }
     for name in &listed_src {
         assert!(
             root.join("src").join(name).exists(),
-            "README layout lists src/{name}, which does not exist"
+            "the layout lists src/{name}, which does not exist"
         );
     }
     let mut present = BTreeSet::new();
@@ -153,6 +158,85 @@ fn the_readme_layout_names_every_module_and_nothing_missing() {
     let missing: Vec<_> = present.difference(&listed_src).collect();
     assert!(
         missing.is_empty(),
-        "README layout leaves out src/ entries: {missing:?}"
+        "the layout leaves out src/ entries: {missing:?}"
     );
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation but `-` and `_`
+/// dropped, spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings (outside code blocks).
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.insert(anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+#[test]
+fn links_between_the_readme_and_docs_lead_somewhere() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec!["README.md".to_owned()];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            files.push(format!("docs/{name}"));
+        }
+    }
+    assert!(files.len() >= 9, "the docs pages: {files:?}");
+    let mut broken = vec![];
+    for file in &files {
+        let text = doc(file);
+        let dir = Path::new(file).parent().unwrap();
+        let mut fenced = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                fenced = !fenced;
+            }
+            if fenced {
+                continue;
+            }
+            for (_, rest) in line.match_indices("](").map(|(i, _)| ((), &line[i + 2..])) {
+                let Some(target) = rest.split(')').next() else {
+                    continue;
+                };
+                if target.starts_with("http")
+                    || target.starts_with("mailto:")
+                    || target.contains(' ')
+                {
+                    continue;
+                }
+                let (path, fragment) = target.split_once('#').unwrap_or((target, ""));
+                let resolved = if path.is_empty() {
+                    root.join(file)
+                } else {
+                    root.join(dir).join(path)
+                };
+                if !resolved.exists() {
+                    broken.push(format!("{file}: {target} (no such file)"));
+                } else if !fragment.is_empty() && resolved.extension().is_some_and(|e| e == "md") {
+                    let text = std::fs::read_to_string(&resolved).unwrap();
+                    if !anchors(&text).contains(fragment) {
+                        broken.push(format!("{file}: {target} (no such heading)"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
