@@ -294,7 +294,7 @@ impl PatchContextRequest {
     params(("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY_KEY_DOC)),
     request_body = CreateContextRequest,
     responses(
-        (status = 409, description = "A request with this Idempotency-Key is still running (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is still running (Retry-After), or `key` names a live context of the user (`key-taken`, no Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 201, description = "Created", body = ContextResponse,
             headers(("ETag" = String, description = "The version"), ("Location" = String))),
         (status = 403, description = "A user key writing for another user", body = crate::error::Problem, content_type = "application/problem+json"),

@@ -475,7 +475,9 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["CreateContextRequest"];
+                "application/json": components["schemas"]["CreateContextRequest"] & {
+                    key: string;
+                };
             };
         };
         responses: {
@@ -657,7 +659,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A request with this Idempotency-Key is still running (Retry-After) */
+            /** @description A request with this Idempotency-Key is still running (Retry-After), or `key` names a live context of the user (`key-taken`, no Retry-After) */
             409: {
                 headers: {
                     [name: string]: unknown;
