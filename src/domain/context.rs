@@ -48,24 +48,29 @@ impl ContextType {
     pub const MAX_CHARS: usize = 50;
 
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
-        let n = s.chars().count();
-        if n == 0 || n > Self::MAX_CHARS {
-            return Err(ValidationError::new(
-                "context_type",
-                format!("must be 1 to {} characters, got {n}", Self::MAX_CHARS),
-            ));
-        }
-        if s.chars().any(char::is_control) {
-            return Err(ValidationError::new(
-                "context_type",
-                "must not contain control characters",
-            ));
-        }
-        Ok(Self(s.to_owned()))
+        label("context_type", s, Self::MAX_CHARS).map(Self)
     }
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// A name given by the client: 1 to `max` characters, no control characters.
+fn label(field: &'static str, s: &str, max: usize) -> Result<String, ValidationError> {
+    let n = s.chars().count();
+    if n == 0 || n > max {
+        return Err(ValidationError::new(
+            field,
+            format!("must be 1 to {max} characters, got {n}"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 /// A client's own name for a context, unique among its user's live
@@ -78,20 +83,7 @@ impl ContextKey {
     pub const MAX_CHARS: usize = 1024;
 
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
-        let n = s.chars().count();
-        if n == 0 || n > Self::MAX_CHARS {
-            return Err(ValidationError::new(
-                "key",
-                format!("must be 1 to {} characters, got {n}", Self::MAX_CHARS),
-            ));
-        }
-        if s.chars().any(char::is_control) {
-            return Err(ValidationError::new(
-                "key",
-                "must not contain control characters",
-            ));
-        }
-        Ok(Self(s.to_owned()))
+        label("key", s, Self::MAX_CHARS).map(Self)
     }
     pub fn as_str(&self) -> &str {
         &self.0

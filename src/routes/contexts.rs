@@ -189,6 +189,13 @@ pub fn wants_embedding(include: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
+/// 201 with the context, its `ETag` and its `Location`.
+fn created(ctx: Context) -> Response {
+    let location = HeaderValue::from_str(&format!("/contexts/{}", ctx.id.0))
+        .expect("a UUID path is a valid header");
+    with_etag(StatusCode::CREATED, ctx, Some((header::LOCATION, location)))
+}
+
 fn with_etag(
     status: StatusCode,
     ctx: Context,
@@ -307,14 +314,7 @@ pub async fn create_context(
     let contexts = state.contexts.clone();
     idempotency::once(&state, scope, key, async move {
         let new = body.parse(scope, contexts.dim())?;
-        let ctx = contexts.create(scope, new).await?;
-        let location = HeaderValue::from_str(&format!("/contexts/{}", ctx.id.0))
-            .expect("a UUID path is a valid header");
-        Ok(with_etag(
-            StatusCode::CREATED,
-            ctx,
-            Some((header::LOCATION, location)),
-        ))
+        Ok(created(contexts.create(scope, new).await?))
     })
     .await
 }
@@ -344,17 +344,12 @@ pub async fn put_context(
         if new.key.is_none() {
             return Err(ValidationError::new("key", "is required by PUT /contexts").into());
         }
-        let (ctx, created) = contexts.put(scope, new).await?;
-        if !created {
-            return Ok(with_etag(StatusCode::OK, ctx, None));
-        }
-        let location = HeaderValue::from_str(&format!("/contexts/{}", ctx.id.0))
-            .expect("a UUID path is a valid header");
-        Ok(with_etag(
-            StatusCode::CREATED,
-            ctx,
-            Some((header::LOCATION, location)),
-        ))
+        let (ctx, is_new) = contexts.put(scope, new).await?;
+        Ok(if is_new {
+            created(ctx)
+        } else {
+            with_etag(StatusCode::OK, ctx, None)
+        })
     })
     .await
 }
