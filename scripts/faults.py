@@ -223,10 +223,11 @@ def scrape(port: int, metric: str) -> float:
 
 # -------------------------------------------------------------------- load --
 class Result:
-    __slots__ = ("t0", "t1", "op", "status", "retry_after", "error")
+    __slots__ = ("t0", "t1", "op", "status", "retry_after", "error", "detail")
 
-    def __init__(self, t0, t1, op, status, retry_after, error):
+    def __init__(self, t0, t1, op, status, retry_after, error, detail=""):
         self.t0, self.t1, self.op, self.status, self.retry_after, self.error = t0, t1, op, status, retry_after, error
+        self.detail = detail  # the start of a failed answer's body
 
     @property
     def ok(self) -> bool:
@@ -316,7 +317,8 @@ class Load:
                 conn = None
             t1 = time.time()
             with self.lock:
-                self.results.append(Result(t0, t1, op, status, retry_after, error))
+                detail = "" if error is None and 200 <= status < 300 else payload[:300].decode(errors="replace")
+                self.results.append(Result(t0, t1, op, status, retry_after, error, detail))
                 if op == "create" and status == 201:
                     cid = json.loads(payload)["id"]
                     self.acked[cid] = text
@@ -339,6 +341,9 @@ class Load:
             "acknowledged_writes": len(self.acked),
             "failed_requests": len(fails),
             "failures_by_kind": by,
+            # The first few, to tell what failed and when (epoch seconds).
+            "failure_samples": [{"op": r.op, "status": r.status, "error": r.error, "at": round(r.t0, 3),
+                                 "ms": round(1000 * (r.t1 - r.t0), 1), "body": r.detail} for r in fails[:5]],
             "p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
             "p99_ms": round(1000 * lat[int(len(lat) * 0.99)], 1) if lat else None,
             "max_ms": round(1000 * lat[-1], 1) if lat else None,

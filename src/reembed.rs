@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use crate::embeddings::{EmbedError, Embedder};
+use crate::embeddings::{model_aliases, same_model, EmbedError, Embedder};
 use crate::store::{RebuildRow, Store, StoreError, Target};
 use crate::transfer::Progress;
 
@@ -55,8 +55,17 @@ pub async fn reembed(
     let state = store.embedding_state().await?;
     if state.target.is_none() && state.active_dim == dim {
         match &state.active_model {
-            Some(m) if *m == model => return Ok(Reembedded::UpToDate),
-            None if !store.has_vectors_not_of(&model).await? => {
+            Some(m) if same_model(m, &model) => {
+                if *m != model {
+                    // The same model under its new name: recorded, nothing rebuilt.
+                    store.record_active_model(&model).await?;
+                }
+                return Ok(Reembedded::UpToDate);
+            }
+            None if !store
+                .has_vectors_not_of(&model, model_aliases(&model).as_deref())
+                .await? =>
+            {
                 store.record_active_model(&model).await?;
                 return Ok(Reembedded::UpToDate);
             }

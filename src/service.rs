@@ -13,7 +13,7 @@ use crate::domain::{
     embedding_text, Context, ContextId, ContextPatch, Cursor, Embedding, Fusion, ListQuery,
     NewContext, Ranking, SearchFilter, SearchInput, SearchMode, TopK,
 };
-use crate::embeddings::{EmbedError, Embedder};
+use crate::embeddings::{same_model, EmbedError, Embedder};
 use crate::store::{
     is_dimension_error, EmbeddingChange, EmbeddingState, Replacement, Store, StoreError,
 };
@@ -157,8 +157,11 @@ impl Contexts {
     fn roles_for(&self, state: EmbeddingState) -> Roles {
         let configured = &self.embedder;
         // A rebuild to the configured model has switched: the previous one is done.
-        let switched =
-            state.active_model.is_some() && state.active_model == configured.last_model();
+        let switched = state
+            .active_model
+            .as_deref()
+            .zip(configured.last_model())
+            .is_some_and(|(a, b)| same_model(a, &b));
         let (current, current_is_configured) = match &self.previous {
             Some(p) if p.dim() == state.active_dim && !switched => (Some(p.clone()), false),
             _ if configured.dim() == state.active_dim => (Some(configured.clone()), true),

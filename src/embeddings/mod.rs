@@ -53,6 +53,25 @@ struct Info {
     max_batch: usize,
 }
 
+/// Whether two model ids name the same model. An in-process model's id is
+/// `local/NAME@DIGEST`, and the digest of its config and weights alone
+/// identifies it: NAME was once the directory's (`local/model@…`), so the id
+/// recorded by an older version still names the model it runs now.
+pub fn same_model(a: &str, b: &str) -> bool {
+    a == b || local_digest(a).is_some_and(|d| local_digest(b) == Some(d))
+}
+
+/// The ids that name the same model as `model` other than itself, as a SQL
+/// LIKE pattern, or `None` when only `model` does.
+pub fn model_aliases(model: &str) -> Option<String> {
+    local_digest(model).map(|d| format!("local/%@{d}"))
+}
+
+fn local_digest(id: &str) -> Option<&str> {
+    let (_, digest) = id.strip_prefix("local/")?.rsplit_once('@')?;
+    (!digest.is_empty() && digest.chars().all(|c| c.is_ascii_hexdigit())).then_some(digest)
+}
+
 /// Where vectors come from.
 #[derive(Clone)]
 enum Provider {

@@ -120,12 +120,19 @@ impl Store {
 
     /// Whether any stored vector was made by another model than `model`
     /// (or given by a client), among the rows a rebuild embeds.
-    pub async fn has_vectors_not_of(&self, model: &str) -> Result<bool, StoreError> {
+    /// `aliases`: a LIKE pattern of other ids of the same model.
+    pub async fn has_vectors_not_of(
+        &self,
+        model: &str,
+        aliases: Option<&str>,
+    ) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM contexts WHERE is_active AND embedding IS NOT NULL
-                            AND embedding_model IS DISTINCT FROM $1)",
+                            AND embedding_model IS DISTINCT FROM $1
+                            AND NOT coalesce(embedding_model LIKE $2, false))",
         )
         .bind(model)
+        .bind(aliases)
         .fetch_one(&self.pool)
         .await?)
     }

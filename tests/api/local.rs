@@ -166,3 +166,101 @@ async fn the_service_refuses_a_model_of_another_dimension() {
     };
     assert!(err.contains("EMBEDDING_DIM=384"), "{err}");
 }
+
+#[tokio::test]
+async fn the_model_is_named_as_its_users_know_it() {
+    let dir = model_dir();
+    let model = tokio::task::spawn_blocking(move || LocalModel::load(Path::new(&dir), 4, 4))
+        .await
+        .unwrap()
+        .expect("the model loads");
+    let (name, digest) = model
+        .model_id
+        .strip_prefix("local/")
+        .and_then(|id| id.split_once('@'))
+        .unwrap_or_else(|| panic!("local/NAME@DIGEST: {}", model.model_id));
+    // The wheel unpacks to a directory called `model`; its model card says what it is.
+    assert_eq!(name, "all-MiniLM-L6-v2", "{}", model.model_id);
+    assert_eq!(digest.len(), 12);
+    assert!(context_api::embeddings::same_model(
+        &model.model_id,
+        &format!("local/model@{digest}")
+    ));
+    assert!(!context_api::embeddings::same_model(
+        &model.model_id,
+        "local/all-MiniLM-L6-v2@000000000000"
+    ));
+}
+
+/// A database whose vectors were recorded under the id older versions gave
+/// the same model (`local/model@DIGEST`): `reembed` records the new name and
+/// makes no vector again.
+#[tokio::test]
+async fn reembed_takes_the_old_id_of_the_same_model_for_the_model() {
+    let app = spawn_app_with(local(Options::default())).await;
+    for i in 0..3 {
+        let c = app
+            .create(
+                app.alice.id,
+                json!({"content": {"text": format!("note {i}")}}),
+            )
+            .await;
+        assert_eq!(c["embedding_status"], "ready");
+    }
+    let pool = app.db.pool().await;
+    let id: String = sqlx::query_scalar("SELECT embedding_model FROM contexts LIMIT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let digest = id.rsplit_once('@').unwrap().1.to_owned();
+    let old = format!("local/model@{digest}");
+    // Both states an older database can be in: the model recorded, or not yet.
+    for recorded in [Some(old.clone()), None] {
+        sqlx::query("UPDATE contexts SET embedding_model = $1")
+            .bind(&old)
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE embedding_state SET active_model = $1")
+            .bind(&recorded)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let mut cmd = crate::helpers::binary();
+        cmd.env("DATABASE_URL", &app.db.url)
+            .env("EMBEDDING_PROVIDER", "local")
+            .env("EMBEDDING_MODEL_DIR", model_dir())
+            .env("EMBEDDING_DIM", MINILM_DIM.to_string())
+            .env("LOG_LEVEL", "info")
+            .arg("reembed");
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{log}");
+        assert!(
+            log.contains("nothing to do"),
+            "recorded {recorded:?}: {log}"
+        );
+        let (active, target): (Option<String>, Option<String>) =
+            sqlx::query_as("SELECT active_model, target_model FROM embedding_state")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            active.as_deref(),
+            Some(id.as_str()),
+            "the new name is recorded"
+        );
+        assert_eq!(target, None, "no rebuild was begun");
+        let rows: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM contexts WHERE embedding_model = $1")
+                .bind(&old)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(rows, 3, "no vector was made again");
+    }
+    pool.close().await;
+}
