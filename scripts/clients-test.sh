@@ -26,13 +26,18 @@ user=0193b3c4-0000-7000-8000-00000000c11e
 cargo build --release --quiet --bin context-api || die "cargo build --release failed"
 mapfile -t a < <(target/release/context-api keys new --scope admin | grep -v '^#')
 mapfile -t u < <(target/release/context-api keys new --scope "$user" | grep -v '^#')
-log_file="$(mktemp)" limited_log="$(mktemp)"
-serve_cleanup_extra() { rm -f "$log_file" "$limited_log"; }
+log_file="$(mktemp)" limited_log="$(mktemp)" unembedded_log="$(mktemp)"
+serve_cleanup_extra() { rm -f "$log_file" "$limited_log" "$unembedded_log"; }
 SERVE_ENV=(MAX_BODY_BYTES=65536)
 serve_scratch clients_test "$dim" "${a[1]},${u[1]}" "$log_file"
 serve_another "$limited_log" RATE_LIMIT_USER_PER_MINUTE="$rate"
+limited_port="$ANOTHER_PORT"
+# A third whose embedding service is unreachable: its writes are stored
+# pending, and the first instance's worker makes their vectors.
+serve_another "$unembedded_log" EMBEDDING_SERVICE_URL="http://127.0.0.1:$(free_port)"
 
-export CONTEXT_API_URL="http://127.0.0.1:$SERVE_PORT" CONTEXT_API_LIMITED_URL="http://127.0.0.1:$ANOTHER_PORT" \
+export CONTEXT_API_URL="http://127.0.0.1:$SERVE_PORT" CONTEXT_API_LIMITED_URL="http://127.0.0.1:$limited_port" \
+    CONTEXT_API_UNEMBEDDED_URL="http://127.0.0.1:$ANOTHER_PORT" \
     CONTEXT_API_ADMIN_KEY="${a[0]}" CONTEXT_API_USER_KEY="${u[0]}" CONTEXT_API_USER_ID="$user" \
     CONTEXT_API_DIM="$dim" CONTEXT_API_RATE_PER_MINUTE="$rate"
 py=0 ts=0

@@ -315,6 +315,17 @@ impl EmbeddingStatus {
             EmbeddingStatus::Pending => "pending",
         }
     }
+    /// A status a client names (`?embedding_status=`).
+    pub fn parse(field: &'static str, s: &str) -> Result<Self, ValidationError> {
+        match s {
+            "ready" => Ok(EmbeddingStatus::Ready),
+            "pending" => Ok(EmbeddingStatus::Pending),
+            other => Err(ValidationError::new(
+                field,
+                format!("unknown value {other:?}; allowed: pending, ready"),
+            )),
+        }
+    }
     pub fn from_db(s: &str) -> Self {
         if s == "ready" {
             EmbeddingStatus::Ready

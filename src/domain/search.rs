@@ -1,7 +1,10 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{ContextId, ContextKey, ContextType, Embedding, JsonObject, UserId, ValidationError};
+use super::{
+    ContextId, ContextKey, ContextType, Embedding, EmbeddingStatus, JsonObject, UserId,
+    ValidationError,
+};
 
 /// How results are ranked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -245,6 +248,8 @@ pub struct ListQuery {
     pub key: Option<ContextKey>,
     /// Only contexts whose metadata contains this object.
     pub metadata: Option<JsonObject>,
+    /// Only contexts whose vector is (or is not yet) made.
+    pub embedding_status: Option<EmbeddingStatus>,
     pub limit: PageLimit,
     pub after: Option<Cursor>,
 }

@@ -153,6 +153,12 @@ pub struct ListParams {
     key: Option<String>,
     /// Only contexts whose metadata contains this JSON object, e.g. `{"topic":"food"}`.
     metadata: Option<String>,
+    /// `pending`: only contexts whose vector the worker has yet to make (not
+    /// yet found by vector or hybrid search); `ready`: only those it has.
+    /// Waiting for a load to become searchable: list with `pending` and
+    /// `limit=1` until the page is empty.
+    #[param(value_type = Option<String>, pattern = "^(pending|ready)$")]
+    embedding_status: Option<String>,
     /// 1 to 100, default 20.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
@@ -387,6 +393,10 @@ pub struct BatchItemResult {
 pub struct BatchCreateResponse {
     created: usize,
     failed: usize,
+    /// Of the created, those stored `pending`: the embedding service did not
+    /// answer within the inline wait, and the worker makes their vectors
+    /// later. `GET /contexts?embedding_status=pending` lists them.
+    pending: usize,
     results: Vec<BatchItemResult>,
 }
 
@@ -478,9 +488,15 @@ async fn create_batch(
         })
         .collect();
     let created = results.iter().filter(|r| r.status == 201).count();
+    let pending = results
+        .iter()
+        .filter_map(|r| r.context.as_ref())
+        .filter(|c| c.embedding_status == EmbeddingStatus::Pending)
+        .count();
     Ok(BatchCreateResponse {
         created,
         failed: results.len() - created,
+        pending,
         results,
     })
 }
@@ -539,6 +555,11 @@ pub async fn list_contexts(
                     .map_err(|e| ValidationError::new("metadata", format!("not JSON: {e}")))?;
                 json_object("metadata", v)
             })
+            .transpose()?,
+        embedding_status: params
+            .embedding_status
+            .as_deref()
+            .map(|s| EmbeddingStatus::parse("embedding_status", s))
             .transpose()?,
         limit: PageLimit::parse(limit)?,
         after: params.cursor.as_deref().map(Cursor::parse).transpose()?,

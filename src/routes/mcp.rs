@@ -270,6 +270,7 @@ impl Memory {
                     .transpose()?,
                 key: args.key.as_deref().map(ContextKey::parse).transpose()?,
                 metadata: None,
+                embedding_status: None,
                 limit: PageLimit::parse(args.limit)?,
                 after: args.cursor.as_deref().map(Cursor::parse).transpose()?,
             };

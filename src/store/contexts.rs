@@ -571,6 +571,9 @@ fn list_query(q: &ListQuery) -> QueryBuilder<'_, Postgres> {
     if let Some(m) = &q.metadata {
         sql.push(" AND metadata @> ").push_bind(Json(m.clone()));
     }
+    if let Some(s) = q.embedding_status {
+        sql.push(" AND embedding_status = ").push_bind(s.as_str());
+    }
     if let Some(c) = q.after {
         sql.push(" AND (created_at, id) < (")
             .push_bind(c.created_at)

@@ -274,3 +274,82 @@ async fn every_row_records_the_model_that_made_its_vector() {
     let filled: Value = app.get(id).await.json().await.unwrap();
     assert_eq!(filled["embedding_model"], model);
 }
+
+/// A client loading documents while the embedder cannot keep up: the batch
+/// answer says how many wait for their vectors, and listing with
+/// `embedding_status=pending` tells when the load has become searchable.
+#[tokio::test]
+async fn a_batch_says_how_many_wait_for_a_vector_and_the_list_tells_when_none_do() {
+    let app = spawn_app().await;
+    let pending_page = |user: uuid::Uuid| {
+        let app = &app;
+        async move {
+            let resp = app
+                .req(
+                    Method::GET,
+                    &format!("/contexts?user_id={user}&embedding_status=pending&limit=100"),
+                )
+                .sent()
+                .await;
+            assert_eq!(resp.status(), 200);
+            let body: Value = resp.json().await.unwrap();
+            body["items"].as_array().unwrap().clone()
+        }
+    };
+    // One with a vector given, then the embedder goes down for five more.
+    let given = app
+        .create(
+            app.alice.id,
+            json!({"content": {"text": "given"}, "embedding": vec![0.5f32; DIM]}),
+        )
+        .await;
+    app.tei.set_down(true);
+    let items: Vec<Value> = (0..5)
+        .map(|i| json!({"user_id": app.alice.id, "context_type": "doc", "content": {"text": format!("doc {i}")}}))
+        .chain([json!({"user_id": app.alice.id, "context_type": "doc", "content": {"text": "short"}, "embedding": [1.0]}), // of the wrong size: fails alone
+                json!({"user_id": app.alice.id, "context_type": "doc", "content": {"text": "v"}, "embedding": vec![0.25f32; DIM]})])
+        .collect();
+    let resp = app
+        .req(Method::POST, "/contexts/batch")
+        .json(&json!({ "items": items }))
+        .sent()
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (&body["created"], &body["failed"], &body["pending"]),
+        (&json!(6), &json!(1), &json!(5)),
+        "{body}"
+    );
+    let waiting = pending_page(app.alice.id).await;
+    assert_eq!(waiting.len(), 5);
+    assert!(waiting.iter().all(|c| c["embedding_status"] == "pending"));
+    assert!(waiting.iter().all(|c| c["id"] != given["id"]));
+    assert!(
+        pending_page(app.bob.id).await.is_empty(),
+        "another user's are not listed"
+    );
+    let resp = app
+        .req(Method::GET, "/contexts?embedding_status=done")
+        .sent()
+        .await;
+    assert_problem(resp, 422).await;
+
+    app.tei.set_down(false);
+    eventually(Duration::from_secs(20), || async {
+        pending_page(app.alice.id).await.is_empty().then_some(())
+    })
+    .await;
+    let resp = app
+        .req(
+            Method::GET,
+            &format!(
+                "/contexts?user_id={}&embedding_status=ready&limit=100",
+                app.alice.id
+            ),
+        )
+        .sent()
+        .await;
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["items"].as_array().unwrap().len(), 7);
+}

@@ -15,6 +15,7 @@ from context_api_client import AsyncContextAPI, ContextAPI
 NEEDED = {
     "CONTEXT_API_URL": "the service under test",
     "CONTEXT_API_LIMITED_URL": "a second instance with RATE_LIMIT_USER_PER_MINUTE set",
+    "CONTEXT_API_UNEMBEDDED_URL": "a third instance whose embedding service is unreachable",
     "CONTEXT_API_ADMIN_KEY": "an admin key",
     "CONTEXT_API_USER_KEY": "a key scoped to CONTEXT_API_USER_ID",
     "CONTEXT_API_USER_ID": "the user of CONTEXT_API_USER_KEY",
@@ -27,6 +28,7 @@ NEEDED = {
 class Service:
     url: str
     limited_url: str
+    unembedded_url: str
     admin_key: str
     user_key: str
     user_id: str
@@ -47,6 +49,7 @@ def service() -> Service:
     return Service(
         url=e["CONTEXT_API_URL"],
         limited_url=e["CONTEXT_API_LIMITED_URL"],
+        unembedded_url=e["CONTEXT_API_UNEMBEDDED_URL"],
         admin_key=e["CONTEXT_API_ADMIN_KEY"],
         user_key=e["CONTEXT_API_USER_KEY"],
         user_id=e["CONTEXT_API_USER_ID"],

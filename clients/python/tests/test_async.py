@@ -48,3 +48,15 @@ async def test_concurrent_creates_pages_search_and_batches(service) -> None:
             assert len(hits.results) == 5, mode
             assert all("violin" in r.context.content["text"] for r in hits.results), mode
         assert (await api.ready()).status == "ready"
+
+
+async def test_waiting_for_a_pending_load(service) -> None:
+    owner = str(uuid.uuid4())
+    async with AsyncContextAPI(service.unembedded_url, service.admin_key) as unembedded:
+        batch = await unembedded.add_many([{"content": {"text": f"fern {i}"}} for i in range(3)], user_id=owner)
+    assert batch.pending == 3
+    async with AsyncContextAPI(service.url, service.admin_key) as api:
+        await api.wait_until_searchable(user_id=owner, timeout=60, poll=0.5)
+        assert [c async for c in api.iterate(user_id=owner, embedding_status="pending")] == []
+        hits = await api.search("fern 2", user_id=owner, k=1)
+        assert hits.results[0].context.content["text"] == "fern 2"

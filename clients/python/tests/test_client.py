@@ -140,6 +140,28 @@ def test_add_many_chunks_and_answers_each_item_in_order(admin: ContextAPI, fresh
         admin.add_many(items, chunk_size=1001)
 
 
+def test_a_load_stored_pending_becomes_searchable_and_is_waited_for(
+    service, admin: ContextAPI, fresh_user: str
+) -> None:
+    # Through an instance that cannot reach its embedding service: stored
+    # pending. The first instance's worker makes the vectors.
+    with ContextAPI(service.unembedded_url, service.admin_key) as unembedded:
+        result = unembedded.add_many(
+            [{"content": {"text": f"tulip bulb {i}"}} for i in range(5)]
+            + [{"content": {"text": "given"}, "embedding": [0.5] * service.dim}],
+            user_id=fresh_user,
+        )
+    assert (result.created, result.pending) == (6, 5)
+    waiting = admin.list(user_id=fresh_user, embedding_status="pending", limit=100).items
+    assert {c.id for c in waiting} <= {c.id for c in result.contexts[:5]}
+    admin.wait_until_searchable(user_id=fresh_user, timeout=60, poll=0.5)
+    assert admin.list(user_id=fresh_user, embedding_status="pending").items == []
+    ready = list(admin.iterate(user_id=fresh_user, embedding_status="ready"))
+    assert len(ready) == 6
+    found = admin.search("tulip bulb 3", user_id=fresh_user, k=1).results
+    assert found[0].context.content["text"] == "tulip bulb 3"
+
+
 def test_add_many_halves_a_chunk_the_service_finds_too_large(admin: ContextAPI, fresh_user: str) -> None:
     # The service under test takes bodies of 64 KiB, batches of 1 MiB: 600 items
     # of 3 KB make a 1.8 MB batch, and one item of 1.2 MB fails alone.

@@ -22,6 +22,8 @@ export interface ListFilter {
   key?: string;
   /** Only contexts whose metadata contains this object. */
   metadata?: Record<string, unknown>;
+  /** "pending": only contexts whose vector is yet to be made; "ready": only those with one. */
+  embedding_status?: "pending" | "ready";
 }
 
 /** How a context is named: its id, or a fetched context (which also gives its version for If-Match). */
@@ -76,6 +78,10 @@ export class BatchResult {
   }
   get failed(): number {
     return this.results.length - this.created;
+  }
+  /** Of the created, those stored `pending`: their vectors come later (`waitUntilSearchable`). */
+  get pending(): number {
+    return this.results.filter((r) => r.context?.embedding_status === "pending").length;
   }
   /** The contexts created, in order (failed items left out). */
   get contexts(): Context[] {
@@ -244,6 +250,26 @@ export class ContextAPI {
       if (chunk.length === 1) return [{ status: 413, problem: err.problem }];
       const half = Math.floor(chunk.length / 2);
       return [...(await this.#batch(chunk.slice(0, half))), ...(await this.#batch(chunk.slice(half)))];
+    }
+  }
+
+  /**
+   * Resolves once no context of `user_id` (every user's, with an admin key
+   * and no user) waits for its vector: a load is then found by every search
+   * mode. Polls every `pollMs`; rejects after `timeoutMs`.
+   */
+  async waitUntilSearchable(
+    options: { user_id?: string; timeoutMs?: number; pollMs?: number } = {},
+  ): Promise<void> {
+    const { user_id, timeoutMs = 300_000, pollMs = 1000 } = options;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const page = await this.list({ user_id, embedding_status: "pending", limit: 1 });
+      if (page.items.length === 0) return;
+      if (Date.now() + pollMs > deadline) {
+        throw new Error(`contexts still waiting for their vectors after ${timeoutMs} ms`);
+      }
+      await sleep(pollMs);
     }
   }
 

@@ -163,6 +163,12 @@ export interface components {
         BatchCreateResponse: {
             created: number;
             failed: number;
+            /**
+             * @description Of the created, those stored `pending`: the embedding service did not
+             *     answer within the inline wait, and the worker makes their vectors
+             *     later. `GET /contexts?embedding_status=pending` lists them.
+             */
+            pending: number;
             results: components["schemas"]["BatchItemResult"][];
         };
         /** @description One item's outcome: 201 with its context, or its own problem. */
@@ -387,6 +393,13 @@ export interface operations {
                 key?: string;
                 /** @description Only contexts whose metadata contains this JSON object, e.g. `{"topic":"food"}`. */
                 metadata?: string;
+                /**
+                 * @description `pending`: only contexts whose vector the worker has yet to make (not
+                 *     yet found by vector or hybrid search); `ready`: only those it has.
+                 *     Waiting for a load to become searchable: list with `pending` and
+                 *     `limit=1` until the page is empty.
+                 */
+                embedding_status?: string;
                 /** @description 1 to 100, default 20. */
                 limit?: number;
                 /** @description `next_cursor` of the previous page. */

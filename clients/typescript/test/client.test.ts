@@ -23,6 +23,7 @@ import {
 const NEEDED = [
   "CONTEXT_API_URL",
   "CONTEXT_API_LIMITED_URL",
+  "CONTEXT_API_UNEMBEDDED_URL",
   "CONTEXT_API_ADMIN_KEY",
   "CONTEXT_API_USER_KEY",
   "CONTEXT_API_USER_ID",
@@ -148,6 +149,27 @@ describe("contexts", () => {
     assert.deepEqual(result.problems.map(([i, p]) => [i, p.status]), [[1500, 422]]);
     assert.deepEqual(result.contexts.slice(1498, 1501).map((c) => c.content["text"]), ["fact 1498", "fact 1499", "fact 1501"]);
     await assert.rejects(admin.addMany(items, { chunkSize: 1001 }), RangeError);
+  });
+
+  test("a load stored pending is counted, listed and waited for", async () => {
+    const owner = randomUUID();
+    // Through an instance whose embedding service is unreachable: stored
+    // pending. The first instance's worker makes the vectors.
+    const unembedded = new ContextAPI({ baseUrl: env("CONTEXT_API_UNEMBEDDED_URL"), apiKey: env("CONTEXT_API_ADMIN_KEY") });
+    const result = await unembedded.addMany(
+      [...Array.from({ length: 4 }, (_, i) => ({ content: { text: `orchid ${i}` } })), { content: { text: "given" }, embedding: Array(dim).fill(0.5) }],
+      { defaults: { user_id: owner } },
+    );
+    assert.equal(result.created, 5);
+    assert.equal(result.pending, 4);
+    const waiting = await admin.list({ user_id: owner, embedding_status: "pending", limit: 100 });
+    const made = new Set(result.contexts.slice(0, 4).map((c) => c.id));
+    assert.ok(waiting.items.every((c) => made.has(c.id)));
+    await admin.waitUntilSearchable({ user_id: owner, timeoutMs: 60_000, pollMs: 500 });
+    assert.equal((await admin.list({ user_id: owner, embedding_status: "pending" })).items.length, 0);
+    assert.equal((await all(admin.iterate({ user_id: owner, embedding_status: "ready" }))).length, 5);
+    const hits = await admin.search({ query: "orchid 2", user_id: owner, k: 1 });
+    assert.equal(hits.results[0]?.context.content.text, "orchid 2");
   });
 
   test("addMany halves a chunk the service finds too large", async () => {

@@ -232,6 +232,7 @@ def list_page(
     context_type: str | None,
     key: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    embedding_status: str | None = None,
     limit: int | None,
     cursor: str | None,
 ) -> Call[ListResponse]:
@@ -241,6 +242,7 @@ def list_page(
             "context_type": context_type,
             "key": key,
             "metadata": None if metadata is None else json.dumps(metadata, separators=(",", ":")),
+            "embedding_status": embedding_status,
             "limit": limit,
             "cursor": cursor,
         }
@@ -318,6 +320,12 @@ class BatchResult:
     @property
     def failed(self) -> int:
         return len(self.results) - self.created
+
+    @property
+    def pending(self) -> int:
+        """Of the created, those stored pending: their vectors come later
+        (`wait_until_searchable`)."""
+        return sum(1 for c in self.contexts if c.embedding_status == "pending")
 
     @property
     def contexts(self) -> list[ContextResponse]:

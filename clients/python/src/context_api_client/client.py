@@ -196,6 +196,7 @@ class ContextAPI:
         context_type: str | None = None,
         key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        embedding_status: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
     ) -> ListResponse:
@@ -206,6 +207,7 @@ class ContextAPI:
                 context_type=context_type,
                 key=key,
                 metadata=metadata,
+                embedding_status=embedding_status,
                 limit=limit,
                 cursor=cursor,
             )
@@ -218,6 +220,7 @@ class ContextAPI:
         context_type: str | None = None,
         key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        embedding_status: str | None = None,
         page_size: int = 100,
     ) -> Iterator[ContextResponse]:
         """Every context, newest first, page after page."""
@@ -228,6 +231,7 @@ class ContextAPI:
                 context_type=context_type,
                 key=key,
                 metadata=metadata,
+                embedding_status=embedding_status,
                 limit=page_size,
                 cursor=cursor,
             )
@@ -289,6 +293,18 @@ class ContextAPI:
                 return _too_large(chunk, exc)
             half = len(chunk) // 2
             return self._batch(chunk[:half]) + self._batch(chunk[half:])
+
+    def wait_until_searchable(
+        self, *, user_id: str | UUID | None = None, timeout: float = 300.0, poll: float = 1.0
+    ) -> None:
+        """Return once no context of `user_id` (every user's, with an admin
+        key and no user) waits for its vector: a load is then found by every
+        search mode. Polls every `poll` seconds; TimeoutError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while self.list(user_id=user_id, embedding_status="pending", limit=1).items:
+            if time.monotonic() + poll > deadline:
+                raise TimeoutError(f"contexts still wait for their vectors after {timeout} s")
+            time.sleep(poll)
 
     def ready(self) -> Readiness:
         """The service's readiness, with each dependency's state."""
@@ -438,6 +454,7 @@ class AsyncContextAPI:
         context_type: str | None = None,
         key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        embedding_status: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
     ) -> ListResponse:
@@ -447,6 +464,7 @@ class AsyncContextAPI:
                 context_type=context_type,
                 key=key,
                 metadata=metadata,
+                embedding_status=embedding_status,
                 limit=limit,
                 cursor=cursor,
             )
@@ -459,6 +477,7 @@ class AsyncContextAPI:
         context_type: str | None = None,
         key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        embedding_status: str | None = None,
         page_size: int = 100,
     ) -> AsyncIterator[ContextResponse]:
         cursor = None
@@ -468,6 +487,7 @@ class AsyncContextAPI:
                 context_type=context_type,
                 key=key,
                 metadata=metadata,
+                embedding_status=embedding_status,
                 limit=page_size,
                 cursor=cursor,
             )
@@ -524,6 +544,15 @@ class AsyncContextAPI:
                 return _too_large(chunk, exc)
             half = len(chunk) // 2
             return await self._batch(chunk[:half]) + await self._batch(chunk[half:])
+
+    async def wait_until_searchable(
+        self, *, user_id: str | UUID | None = None, timeout: float = 300.0, poll: float = 1.0
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while (await self.list(user_id=user_id, embedding_status="pending", limit=1)).items:
+            if time.monotonic() + poll > deadline:
+                raise TimeoutError(f"contexts still wait for their vectors after {timeout} s")
+            await asyncio.sleep(poll)
 
     async def ready(self) -> Readiness:
         return await self._send(_core.ready())

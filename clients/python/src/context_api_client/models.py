@@ -501,4 +501,10 @@ class SearchResponse(BaseModel):
 class BatchCreateResponse(BaseModel):
     created: Annotated[int, Field(ge=0)]
     failed: Annotated[int, Field(ge=0)]
+    pending: Annotated[int, Field(ge=0)]
+    """
+    Of the created, those stored `pending`: the embedding service did not
+    answer within the inline wait, and the worker makes their vectors
+    later. `GET /contexts?embedding_status=pending` lists them.
+    """
     results: list[BatchItemResult]
