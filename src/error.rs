@@ -290,9 +290,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound => ApiError::NotFound,
             ServiceError::KeyTaken => ApiError::KeyTaken(e.to_string()),
             ServiceError::Forbidden(why) => ApiError::Forbidden(why.into()),
-            ServiceError::PreconditionFailed { expected } => ApiError::PreconditionFailed(format!(
-                "If-Match version {expected} is not the current version"
-            )),
+            ServiceError::PreconditionFailed => ApiError::PreconditionFailed(e.to_string()),
             ServiceError::Store(s) => s.into(),
             // The upstream's own words stay in the logs: they may echo input
             // or describe the upstream's internals.

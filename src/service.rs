@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 use crate::auth::Scope;
 use crate::cache::{Cache, Lookup};
 use crate::domain::{
-    embedding_text, Context, ContextId, ContextPatch, Cursor, Embedding, Fusion, ListQuery,
-    NewContext, Ranking, SearchFilter, SearchInput, SearchMode, TopK,
+    embedding_text, Context, ContextId, ContextPatch, Cursor, Embedding, Fusion, IfMatch,
+    ListQuery, NewContext, Ranking, SearchFilter, SearchInput, SearchMode, TopK,
 };
 use crate::embeddings::{same_model, EmbedError, Embedder};
 use crate::store::{
@@ -24,8 +24,8 @@ pub enum ServiceError {
     NotFound,
     #[error("{0}")]
     Forbidden(&'static str),
-    #[error("the context changed: its version is no longer {expected}")]
-    PreconditionFailed { expected: i32 },
+    #[error("If-Match does not name the current version of this context")]
+    PreconditionFailed,
     #[error("a live context of this user already has this key; PUT /contexts replaces it")]
     KeyTaken,
     #[error(transparent)]
@@ -499,7 +499,7 @@ impl Contexts {
         scope: Scope,
         id: ContextId,
         patch: ContextPatch,
-        if_match: Option<i32>,
+        if_match: Option<IfMatch>,
     ) -> Result<Context, ServiceError> {
         // Optimistic: read, compute, write if the version is unchanged. No row
         // lock is held while the embedding service is called. A lost race means
@@ -519,10 +519,8 @@ impl Contexts {
             if !scope.allows(ctx.user_id) {
                 return Err(ServiceError::NotFound);
             }
-            if let Some(expected) = if_match {
-                if expected != ctx.version {
-                    return Err(ServiceError::PreconditionFailed { expected });
-                }
+            if if_match.as_ref().is_some_and(|m| !m.matches(ctx.version)) {
+                return Err(ServiceError::PreconditionFailed);
             }
             if patch.is_empty() {
                 return Ok(current.context);
@@ -591,22 +589,21 @@ impl Contexts {
         scope: Scope,
         id: ContextId,
         hard: bool,
-        if_match: Option<i32>,
+        if_match: Option<IfMatch>,
     ) -> Result<(), ServiceError> {
         // Scope and If-Match are checked against the visible row first, so
-        // that an out-of-scope id answers 404 and a stale version 412.
+        // that an out-of-scope id answers 404 and a stale version 412. The
+        // row is then deleted only at the version seen (which If-Match named).
         let visible = self.store.get(id, false).await?;
-        match &visible {
+        let version = match &visible {
             Some(c) if !scope.allows(c.user_id) => return Err(ServiceError::NotFound),
-            Some(c) if if_match.is_some_and(|v| v != c.version) => {
-                return Err(ServiceError::PreconditionFailed {
-                    expected: if_match.unwrap_or_default(),
-                })
+            Some(c) if if_match.as_ref().is_some_and(|m| !m.matches(c.version)) => {
+                return Err(ServiceError::PreconditionFailed)
             }
             None => return Err(ServiceError::NotFound),
-            Some(_) => {}
-        }
-        let version = if_match.or(visible.map(|c| c.version));
+            Some(c) => Some(c.version),
+        };
+        let if_match = if_match.is_some();
         if hard {
             if !self.store.hard_delete(id, version).await? {
                 return Err(self.lost_race(id, if_match).await);
@@ -623,9 +620,11 @@ impl Contexts {
         Ok(())
     }
 
-    async fn lost_race(&self, id: ContextId, if_match: Option<i32>) -> ServiceError {
+    /// A conditional delete found the row changed: 412 if it still exists
+    /// and the caller named a version, else 404.
+    async fn lost_race(&self, id: ContextId, if_match: bool) -> ServiceError {
         match (if_match, self.store.get(id, false).await) {
-            (Some(expected), Ok(Some(_))) => ServiceError::PreconditionFailed { expected },
+            (true, Ok(Some(_))) => ServiceError::PreconditionFailed,
             _ => ServiceError::NotFound,
         }
     }

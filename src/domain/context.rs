@@ -301,6 +301,20 @@ impl ContextPatch {
     }
 }
 
+/// `If-Match`'s entity tags, read as versions: the condition holds when one
+/// of them is the context's current version. A tag that is no version of
+/// ours can never match, so the list may be empty (the condition is then
+/// false, for an existing context: a missing one is a 404 whatever the
+/// header, as RFC 9110 section 13.2.1 asks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfMatch(pub Vec<i32>);
+
+impl IfMatch {
+    pub fn matches(&self, version: i32) -> bool {
+        self.0.contains(&version)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbeddingStatus {

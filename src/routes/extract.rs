@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::idempotency::{self, IdempotencyKey};
 use crate::auth::Scope;
+use crate::domain::IfMatch;
 use crate::error::ApiError;
 use crate::state::AuthState;
 
@@ -307,12 +308,11 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// The version named by `If-Match: "<version>"`; `None` when absent, empty
-/// (an empty list of conditions) or `*`.
-/// A header that is not `*` or a list of entity tags (`"3"`, `W/"3", "4"`)
-/// is malformed: 400. A tag that is not one of our versions can never
-/// match: 412.
-pub fn if_match(headers: &HeaderMap) -> Result<Option<i32>, ApiError> {
+/// The versions named by `If-Match` (see [`IfMatch`]); `None` when absent,
+/// empty (an empty list of conditions) or `*`. A header that is not `*` or a
+/// list of entity tags (`"3"`, `W/"3", "4"`) is malformed: 400. A tag that
+/// is not one of our versions names none (weak tags are read as strong).
+pub fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
@@ -322,32 +322,31 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<i32>, ApiError> {
     if value.is_empty() || value == "*" {
         return Ok(None);
     }
-    let first = entity_tags(value).ok_or_else(|| {
+    let tags = entity_tags(value).ok_or_else(|| {
         ApiError::BadRequest("If-Match must be `*` or a list of entity tags such as \"3\"".into())
     })?;
-    let version = first.parse::<i32>().map_err(|_| {
-        ApiError::PreconditionFailed("If-Match does not name a version of this context".into())
-    })?;
-    Ok(Some(version))
+    Ok(Some(IfMatch(
+        tags.iter().filter_map(|t| t.parse::<i32>().ok()).collect(),
+    )))
 }
 
-/// The first tag's opaque part if `value` is `tag *("," *SP tag)`, each tag
+/// Each tag's opaque part if `value` is `tag *("," *SP tag)`, each tag
 /// `[W/] DQUOTE *(any but DQUOTE) DQUOTE`: the document's pattern for the
 /// header, exactly, so that what it calls malformed is refused as such.
-fn entity_tags(value: &str) -> Option<&str> {
-    let tag = |s: &str| -> Option<(usize, usize, usize)> {
-        let start = if s.starts_with("W/") { 2 } else { 0 };
-        let inner = s[start..].strip_prefix('"')?;
+fn entity_tags(value: &str) -> Option<Vec<&str>> {
+    let mut tags = Vec::new();
+    let mut rest = value;
+    loop {
+        let start = if rest.starts_with("W/") { 2 } else { 0 };
+        let inner = rest[start..].strip_prefix('"')?;
         let len = inner.find('"')?;
-        Some((start + 1, start + 1 + len, start + len + 2))
-    };
-    let (from, to, mut at) = tag(value)?;
-    while at < value.len() {
-        let rest = value[at..].strip_prefix(',')?.trim_start_matches(' ');
-        at = value.len() - rest.len();
-        at += tag(rest)?.2;
+        tags.push(&inner[..len]);
+        rest = &inner[len + 1..];
+        if rest.is_empty() {
+            return Some(tags);
+        }
+        rest = rest.strip_prefix(',')?.trim_start_matches(' ');
     }
-    Some(&value[from..to])
 }
 
 #[cfg(test)]
@@ -362,20 +361,22 @@ mod tests {
     }
 
     #[test]
-    fn if_match_reads_strong_and_weak_versions() {
+    fn if_match_reads_every_tag_as_a_version() {
+        let versions = |v: &'static str| if_match(&with(header::IF_MATCH, v)).unwrap().map(|m| m.0);
         assert_eq!(if_match(&HeaderMap::new()).unwrap(), None);
-        assert_eq!(if_match(&with(header::IF_MATCH, "*")).unwrap(), None);
-        assert_eq!(if_match(&with(header::IF_MATCH, "\"3\"")).unwrap(), Some(3));
-        assert_eq!(
-            if_match(&with(header::IF_MATCH, "W/\"4\"")).unwrap(),
-            Some(4)
-        );
-        assert!(matches!(
-            if_match(&with(header::IF_MATCH, "abc")),
-            Err(ApiError::BadRequest(_))
-        ));
-        assert_eq!(if_match(&with(header::IF_MATCH, "")).unwrap(), None);
+        assert_eq!(versions("*"), None);
+        assert_eq!(versions(""), None);
+        assert_eq!(versions("\"3\""), Some(vec![3]));
+        assert_eq!(versions("W/\"4\""), Some(vec![4]));
+        assert_eq!(versions(" \"5\",  W/\"6\""), Some(vec![5, 6]));
+        assert_eq!(versions("\"7\",\"8\""), Some(vec![7, 8]));
+        // A tag that is no version of ours names none; the others still count.
+        assert_eq!(versions("W/\"\", \"e\", \"2\""), Some(vec![2]));
+        for none in ["\"abc\"", "\"a,b\"", "W/\"\"", "\"\""] {
+            assert_eq!(versions(none), Some(vec![]), "{none}");
+        }
         for malformed in [
+            "abc",
             "{}",
             "\"3",
             "\"3\" \"4\"",
@@ -394,24 +395,7 @@ mod tests {
                 "{malformed}"
             );
         }
-        // Well formed, but never one of our versions: 412.
-        for stale in ["\"abc\"", "\"a,b\"", "W/\"\"", "\"\""] {
-            assert!(
-                matches!(
-                    if_match(&with(header::IF_MATCH, stale)),
-                    Err(ApiError::PreconditionFailed(_))
-                ),
-                "{stale}"
-            );
-        }
-        assert_eq!(
-            if_match(&with(header::IF_MATCH, " \"5\",  W/\"6\"")).unwrap(),
-            Some(5)
-        );
-        assert_eq!(
-            if_match(&with(header::IF_MATCH, "\"7\",\"8\"")).unwrap(),
-            Some(7)
-        );
+        assert!(IfMatch(vec![2, 5]).matches(5) && !IfMatch(vec![]).matches(0));
     }
 
     #[test]

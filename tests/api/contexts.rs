@@ -305,12 +305,47 @@ async fn if_match_is_honored_on_patch_and_delete() {
     let body: Value = app.get(id).await.json().await.unwrap();
     assert_eq!(body["metadata"], json!({"v": 2}));
 
+    // Any tag of the list may name the current version.
+    let resp = app
+        .req(Method::PATCH, &path)
+        .header("if-match", "W/\"\", \"e\", \"1\", \"2\"")
+        .json(&json!({"metadata": {"v": 3}}))
+        .sent()
+        .await;
+    assert_eq!(resp.status(), 200);
+
+    // A context that does not exist is a 404 whatever If-Match says: the
+    // answer without the condition would not be a 2xx (RFC 9110, 13.2.1).
+    let missing = format!("/contexts/{}", uuid::Uuid::now_v7());
+    for tags in ["\"1\"", "\"garbage\"", "W/\"\""] {
+        let resp = app
+            .req(Method::PATCH, &missing)
+            .header("if-match", tags)
+            .json(&json!({"metadata": {"v": 5}}))
+            .sent()
+            .await;
+        assert_problem(resp, 404).await;
+        let resp = app
+            .req(Method::DELETE, &missing)
+            .header("if-match", tags)
+            .sent()
+            .await;
+        assert_problem(resp, 404).await;
+    }
+
     let resp = app
         .req(Method::DELETE, &path)
-        .header("if-match", "\"2\"")
+        .header("if-match", "\"2\", \"3\"")
         .sent()
         .await;
     assert_eq!(resp.status(), 204);
+    // Deleted: a 404 now, with or without a condition.
+    let resp = app
+        .req(Method::DELETE, &path)
+        .header("if-match", "\"3\"")
+        .sent()
+        .await;
+    assert_problem(resp, 404).await;
 }
 
 #[tokio::test]
