@@ -79,7 +79,7 @@ settings! {
     db_replica_max_lag_ms: u64 = 1_000;
     /// connection pool size (each replica has a pool of this size too)
     db_pool_max: u32 = 10;
-    /// connections kept open when idle
+    /// connections kept open when idle; the production compose file sets it to `DB_POOL_MAX`, so that no request waits for a connection to be opened (a DNS lookup and a handshake)
     db_pool_min: u32 = 1;
     /// wait for a free connection, then 503
     db_acquire_timeout_ms: u64 = 3_000;
