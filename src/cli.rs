@@ -333,6 +333,13 @@ async fn import(
         "import: {} written, {} already present, {} invalid lines skipped, {} embedded again ({} left pending)",
         done.written, done.present, done.invalid, done.reembedded, done.pending
     );
+    if done.pending > 0 {
+        eprintln!(
+            "import: the service's embedding worker makes the {} pending vectors; until then those \
+             contexts are found by text search only (GET /contexts?embedding_status=pending lists them)",
+            done.pending
+        );
+    }
     store.close().await;
     Ok(())
 }

@@ -139,6 +139,8 @@ pub(crate) struct Progress {
     resumed: u64,
     started: Instant,
     last_line: Instant,
+    /// More than the count: e.g. an import's embedding progress.
+    note: String,
 }
 
 impl Progress {
@@ -164,7 +166,16 @@ impl Progress {
             resumed: 0,
             started: now,
             last_line: now,
+            note: String::new(),
         }
+    }
+
+    /// Shown beside the count from now on.
+    pub(crate) fn note(&mut self, note: String) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("{} ({note})", self.label));
+        }
+        self.note = note;
     }
 
     /// Starts the count at `done` (a resumed job), without counting it in the rate.
@@ -207,8 +218,13 @@ impl Progress {
         } else {
             "unknown".into()
         };
+        let note = if self.note.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", self.note)
+        };
         eprintln!(
-            "{}: {}/{} {} ({:.0} {}/s, ETA {eta})",
+            "{}: {}/{} {} ({:.0} {}/s, ETA {eta}{note})",
             self.label, self.done, self.total, self.unit, rate, self.unit
         );
     }
@@ -277,6 +293,17 @@ pub struct Imported {
 }
 
 impl Imported {
+    /// Rows written so far, and of the vectors made on the way, how many
+    /// were and how many were left to the service's worker.
+    fn progress(&self) -> String {
+        format!(
+            "{} rows written, {} embedded, {} left pending",
+            self.written,
+            self.reembedded - self.pending,
+            self.pending
+        )
+    }
+
     fn add(&mut self, other: Imported) {
         self.written += other.written;
         self.present += other.present;
@@ -368,12 +395,14 @@ pub async fn import(
             while writing.len() >= jobs.max(1) {
                 let done = writing.join_next().await.expect("a batch is being written");
                 report.add(joined(done)?);
+                progress.note(report.progress());
             }
         }
     }
     writing.spawn(write_batch(store.clone(), embedder.clone(), pending));
     while let Some(done) = writing.join_next().await {
         report.add(joined(done)?);
+        progress.note(report.progress());
     }
     progress.finish();
     if defer_index {

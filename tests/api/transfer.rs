@@ -334,6 +334,14 @@ async fn vectors_of_another_model_are_made_again() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("1 embedded again (0 left pending)"), "{said}");
+    // The progress line counts the vectors made on the way as well as the bytes.
+    let records_n = records.len();
+    assert!(
+        said.contains(&format!(
+            "{records_n} rows written, 1 embedded, 0 left pending"
+        )),
+        "{said}"
+    );
     let back: Value =
         serde_json::from_str(export(&app, &db.url, &[]).await.lines().next().unwrap()).unwrap();
     // Made again from its text by the configured model: the original vector.
