@@ -12,12 +12,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config, DTYPE};
+use candle_transformers::models::bert::{Config, DTYPE};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use tokio::sync::{mpsc, oneshot};
 
+use super::bert::Bert;
 use super::EmbedError;
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +99,7 @@ fn model_name(dir: &Path) -> String {
 }
 
 struct Engine {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     pooling: Pooling,
     normalize: bool,
@@ -213,7 +214,7 @@ impl LocalModel {
         // SAFETY: the weights file is memory-mapped read-only; it must not be
         // modified while the service runs (it is a deployment artifact).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DTYPE, &device)? };
-        let model = BertModel::load(vb, &config)?;
+        let model = Bert::load(vb, &config)?;
 
         // Names the model as its users know it, with a digest of what defines
         // its output: the digest alone identifies it (see `same_model`).
@@ -348,7 +349,7 @@ impl Engine {
         let ids = stack(&|e| e.get_ids())?;
         let type_ids = stack(&|e| e.get_type_ids())?;
         let mask = stack(&|e| e.get_attention_mask())?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let hidden = self.model.forward(&ids, &type_ids, &mask)?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
             Pooling::Mean => {

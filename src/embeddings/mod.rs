@@ -2,6 +2,8 @@
 //! before anything is stored; the provider itself is the TEI HTTP client.
 
 #[cfg(feature = "local-embeddings")]
+mod bert;
+#[cfg(feature = "local-embeddings")]
 mod local;
 mod tei;
 
