@@ -1,86 +1,188 @@
-//! BERT's encoder for the in-process model, on candle's tensors.
+//! BERT's encoder for the in-process model, on the CPU.
 //!
 //! candle-transformers' `BertModel` computes the same function, but outside
 //! its matmuls and layer norms every step runs one element at a time on one
-//! core, in a pass of its own: the bias of each dense layer, the residual
-//! sums, GELU, and over the `[batch, heads, tokens, tokens]` attention scores
-//! the scaling, the mask and a softmax of five passes. Here:
-//! - Q, K and V come from one matmul (their weights side by side), with
+//! core, in a pass of its own (each dense layer's bias, the residual sums,
+//! GELU, and over the `[batch, heads, tokens, tokens]` attention scores the
+//! scaling, the mask and a softmax of five passes), every step allocates its
+//! result, and attention's small batched matmuls (K = 32) run at a sixth of
+//! the rate of the large ones. Here, with candle only to read the weights:
+//! - every dense layer is one call of the gemm crate (candle's own matmul)
+//!   over all the batch's token rows, accumulating onto its bias (and, where
+//!   one follows, the residual) written first into the output;
+//! - Q, K and V come from one such call (their weights side by side), with
 //!   1/sqrt(head size) folded into Q's weights and bias at load;
-//! - every dense layer is one matmul over all the batch's token rows, then one
-//!   in-place pass that adds the bias and the activation or the residual;
 //! - attention is one kernel, a task per sentence and head: two small
 //!   matmuls and the softmax between them, over the unpadded tokens only;
-//! - these passes are spread over the cores, as the matmuls are.
+//! - layer norm and GELU are passes over rows, spread over the cores as the
+//!   matmuls are (rayon's pool, which gemm uses);
+//! - the buffers of a batch are kept for the next one.
 //!
 //! The weights and the arithmetic are the model's (GELU is the exact, erf
 //! form the model's config names): tests/api/local.rs compares the vectors
 //! with sentence-transformers' own.
 
-use candle_core::{
-    CpuStorage, CustomOp2, DType, InplaceOp2, InplaceOp3, Layout, Module, Result, Shape, Tensor, D,
-};
-use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 
 /// The encoder: token ids in, one vector a token out.
 pub struct Bert {
-    word: Embedding,
-    position: Embedding,
-    token_type: Embedding,
-    norm: LayerNorm,
+    /// `[vocab, hidden]`, `[positions, hidden]`, `[types, hidden]`.
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    norm: Norm,
     layers: Vec<Layer>,
+    hidden: usize,
+    intermediate: usize,
     heads: usize,
     head_dim: usize,
+    max_positions: usize,
 }
 
 struct Layer {
     /// `[3 * hidden, hidden]`: Q (scaled), K, V.
     qkv: Dense,
     out: Dense,
-    out_norm: LayerNorm,
+    out_norm: Norm,
     up: Dense,
     down: Dense,
-    down_norm: LayerNorm,
+    down_norm: Norm,
 }
 
-/// A dense layer: `x · Wᵀ + b` over rows of `x`.
+/// A dense layer: `y = x · Wᵀ + b`, `W` as stored, `[outputs, inputs]`.
 struct Dense {
-    /// `[in, out]`, contiguous: the matmul's right side as gemm reads it best.
-    weight_t: Tensor,
-    bias: Tensor,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+}
+
+/// Layer norm's scale and shift.
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+/// A batch's buffers, kept from one batch to the next.
+#[derive(Default)]
+pub struct Scratch {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    attended: Vec<f32>,
+    up: Vec<f32>,
+}
+
+fn values(t: Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
 }
 
 impl Dense {
     fn load(vb: &VarBuilder, inputs: usize, outputs: usize) -> Result<Self> {
-        Self::new(
-            vb.get((outputs, inputs), "weight")?,
-            vb.get(outputs, "bias")?,
-        )
-    }
-
-    fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
         Ok(Self {
-            weight_t: weight.t()?.contiguous()?,
-            bias,
+            weight: values(vb.get((outputs, inputs), "weight")?)?,
+            bias: values(vb.get(outputs, "bias")?)?,
+            inputs,
+            outputs,
         })
     }
 
-    /// `x · Wᵀ + b`, then `f` in the same pass.
-    fn forward(&self, x: &Tensor, f: Epilogue) -> Result<Tensor> {
-        let y = x.matmul(&self.weight_t)?;
-        y.inplace_op2(&self.bias, &f)?;
-        Ok(y)
+    /// `y += x · Wᵀ` for `rows` rows; `y` holds the bias (and residual) already.
+    fn accumulate(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        debug_assert_eq!(x.len(), rows * self.inputs);
+        debug_assert_eq!(y.len(), rows * self.outputs);
+        // Threads pay off from a few dozen rows; a single short query runs
+        // on one core without waking the other.
+        let parallelism = if rows >= 32 {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: x is rows x inputs (row-major), y rows x outputs, and the
+        // right side reads W [outputs, inputs] as its transpose: element
+        // (i, j) of Wᵀ is W[j][i], at j * inputs + i.
+        unsafe {
+            gemm::gemm(
+                rows,
+                self.outputs,
+                self.inputs,
+                y.as_mut_ptr(),
+                1,
+                self.outputs as isize,
+                true,
+                x.as_ptr(),
+                1,
+                self.inputs as isize,
+                self.weight.as_ptr(),
+                self.inputs as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
     }
 
-    /// `x · Wᵀ + b + residual`, in one pass after the matmul.
-    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight_t)?;
-        y.inplace_op3(&self.bias, residual, &AddResidual)?;
-        Ok(y)
+    /// Fills `y` (`rows` x outputs) with the bias, plus `residual` if given.
+    fn start(&self, rows: usize, residual: Option<&[f32]>, y: &mut Vec<f32>) {
+        y.clear();
+        y.resize(rows * self.outputs, 0.0);
+        let n = self.outputs;
+        match residual {
+            Some(r) => y
+                .par_chunks_mut(n * ROWS_PER_TASK)
+                .zip(r.par_chunks(n * ROWS_PER_TASK))
+                .for_each(|(rows, res)| {
+                    for (row, r) in rows.chunks_exact_mut(n).zip(res.chunks_exact(n)) {
+                        for ((v, b), r) in row.iter_mut().zip(&self.bias).zip(r) {
+                            *v = b + r;
+                        }
+                    }
+                }),
+            None => y.par_chunks_mut(n * ROWS_PER_TASK).for_each(|rows| {
+                for row in rows.chunks_exact_mut(n) {
+                    row.copy_from_slice(&self.bias);
+                }
+            }),
+        }
     }
 }
+
+impl Norm {
+    fn load(vb: &VarBuilder, n: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            gamma: values(vb.get(n, "weight")?)?,
+            beta: values(vb.get(n, "bias")?)?,
+            eps: eps as f32,
+        })
+    }
+
+    /// In place over rows of `gamma.len()` values.
+    fn apply(&self, x: &mut [f32]) {
+        let n = self.gamma.len();
+        x.par_chunks_mut(n * ROWS_PER_TASK).for_each(|rows| {
+            for row in rows.chunks_exact_mut(n) {
+                let mean = row.iter().sum::<f32>() / n as f32;
+                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+                let inv = 1.0 / (var + self.eps).sqrt();
+                for ((v, g), b) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
+                    *v = (*v - mean) * inv * g + b;
+                }
+            }
+        });
+    }
+}
+
+/// Rows a parallel pass takes at a time: enough work to outweigh the
+/// scheduling, few enough to keep both cores busy.
+const ROWS_PER_TASK: usize = 32;
 
 impl Bert {
     /// Loads the weights (with or without a `bert.` prefix, as
@@ -107,192 +209,149 @@ impl Bert {
             .map(|i| {
                 let l = vb.pp(format!("encoder.layer.{i}"));
                 let a = l.pp("attention.self");
-                let part = |name: &str| -> Result<(Tensor, Tensor)> {
+                let part = |name: &str, s: f64| -> Result<(Tensor, Tensor)> {
                     Ok((
-                        a.pp(name).get((h, h), "weight")?,
-                        a.pp(name).get(h, "bias")?,
+                        (a.pp(name).get((h, h), "weight")? * s)?,
+                        (a.pp(name).get(h, "bias")? * s)?,
                     ))
                 };
-                let (qw, qb) = part("query")?;
-                let (kw, kb) = part("key")?;
-                let (vw, vb_) = part("value")?;
-                let qkv = Dense::new(
-                    Tensor::cat(&[(qw * scale)?, kw, vw], 0)?,
-                    Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?,
-                )?;
+                let (qw, qb) = part("query", scale)?;
+                let (kw, kb) = part("key", 1.0)?;
+                let (vw, vb_) = part("value", 1.0)?;
+                let qkv = Dense {
+                    weight: values(Tensor::cat(&[qw, kw, vw], 0)?)?,
+                    bias: values(Tensor::cat(&[qb, kb, vb_], 0)?)?,
+                    inputs: h,
+                    outputs: 3 * h,
+                };
                 Ok(Layer {
                     qkv,
                     out: Dense::load(&l.pp("attention.output.dense"), h, h)?,
-                    out_norm: layer_norm(h, eps, l.pp("attention.output.LayerNorm"))?,
+                    out_norm: Norm::load(&l.pp("attention.output.LayerNorm"), h, eps)?,
                     up: Dense::load(&l.pp("intermediate.dense"), h, config.intermediate_size)?,
                     down: Dense::load(&l.pp("output.dense"), config.intermediate_size, h)?,
-                    down_norm: layer_norm(h, eps, l.pp("output.LayerNorm"))?,
+                    down_norm: Norm::load(&l.pp("output.LayerNorm"), h, eps)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            word: embedding(config.vocab_size, h, e.pp("word_embeddings"))?,
-            position: embedding(
-                config.max_position_embeddings,
-                h,
-                e.pp("position_embeddings"),
+            word: values(
+                e.pp("word_embeddings")
+                    .get((config.vocab_size, h), "weight")?,
             )?,
-            token_type: embedding(config.type_vocab_size, h, e.pp("token_type_embeddings"))?,
-            norm: layer_norm(h, eps, e.pp("LayerNorm"))?,
+            position: values(
+                e.pp("position_embeddings")
+                    .get((config.max_position_embeddings, h), "weight")?,
+            )?,
+            token_type: values(
+                e.pp("token_type_embeddings")
+                    .get((config.type_vocab_size, h), "weight")?,
+            )?,
+            norm: Norm::load(&e.pp("LayerNorm"), h, eps)?,
             layers,
+            hidden: h,
+            intermediate: config.intermediate_size,
             heads,
             head_dim,
+            max_positions: config.max_position_embeddings,
         })
     }
 
-    /// `ids`, `type_ids`: `[batch, tokens]` u32; `mask`: `[batch, tokens]` f32,
-    /// 1 for a token and 0 for padding. Returns `[batch, tokens, hidden]`.
-    pub fn forward(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let positions = Tensor::arange(0u32, t as u32, ids.device())?;
-        let x = (self.word.forward(ids)? + self.token_type.forward(type_ids)?)?
-            .broadcast_add(&self.position.forward(&positions)?)?;
-        let h = x.dim(D::Minus1)?;
-        // Every dense layer runs over all the batch's token rows at once.
-        let mut x = self.norm.forward(&x)?.reshape((b * t, h))?;
-        let mask = mask.to_dtype(DType::F32)?.contiguous()?;
-        for layer in &self.layers {
-            x = self.layer(layer, &x, &mask, b, t)?;
-        }
-        x.reshape((b, t, h))
+    /// The hidden size: each token's vector.
+    pub fn hidden(&self) -> usize {
+        self.hidden
     }
 
-    fn layer(&self, l: &Layer, x: &Tensor, mask: &Tensor, b: usize, t: usize) -> Result<Tensor> {
-        let qkv = l.qkv.forward(x, Epilogue::Bias)?;
-        let context = qkv.apply_op2_no_bwd(
-            mask,
-            &Attention {
-                batch: b,
-                tokens: t,
-                heads: self.heads,
-                head_dim: self.head_dim,
-            },
-        )?;
-        let attended = l.out_norm.forward(&l.out.forward_residual(&context, x)?)?;
-        let up = l.up.forward(&attended, Epilogue::BiasGelu)?;
-        l.down_norm
-            .forward(&l.down.forward_residual(&up, &attended)?)
-    }
-}
-
-/// The contiguous f32 data of a layout, or an error naming the op.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((from, to))) => Ok(&v[from..to]),
-        _ => candle_core::bail!("{op}: a contiguous f32 tensor is expected"),
-    }
-}
-
-fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((from, to))) => Ok(&mut v[from..to]),
-        _ => candle_core::bail!("{op}: a contiguous f32 tensor is expected"),
-    }
-}
-
-/// Rows a parallel pass takes at a time: enough work to outweigh the
-/// scheduling, few enough to keep both cores busy.
-const ROWS_PER_TASK: usize = 64;
-
-/// What follows a dense layer's matmul, in place on `[rows, n]` with the
-/// bias `[n]`.
-#[derive(Clone, Copy)]
-enum Epilogue {
-    Bias,
-    BiasGelu,
-}
-
-impl InplaceOp2 for Epilogue {
-    fn name(&self) -> &'static str {
-        "bias-epilogue"
-    }
-
-    fn cpu_fwd(
+    /// `ids`, `type_ids`, `mask`: `batch` rows of `tokens` each (the mask 1
+    /// for a token, 0 for right padding). Returns the last layer's
+    /// `[batch * tokens, hidden]` rows, in `scratch`.
+    pub fn forward<'s>(
         &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let bias = slice(s2, l2, self.name())?;
-        let n = bias.len();
-        let y = slice_mut(s1, l1, self.name())?;
-        let gelu = matches!(self, Epilogue::BiasGelu);
-        y.par_chunks_mut(n * ROWS_PER_TASK).for_each(|rows| {
-            for row in rows.chunks_exact_mut(n) {
-                for (v, b) in row.iter_mut().zip(bias) {
-                    *v += b;
-                    if gelu {
-                        *v = gelu_erf(*v);
-                    }
-                }
+        ids: &[u32],
+        type_ids: &[u32],
+        mask: &[f32],
+        batch: usize,
+        tokens: usize,
+        scratch: &'s mut Scratch,
+    ) -> Result<&'s [f32]> {
+        let (h, rows) = (self.hidden, batch * tokens);
+        if ids.len() != rows || type_ids.len() != rows || mask.len() != rows {
+            candle_core::bail!("bert: ids, type ids and mask must be batch x tokens");
+        }
+        if tokens > self.max_positions {
+            candle_core::bail!(
+                "bert: {tokens} tokens, over the model's {}",
+                self.max_positions
+            );
+        }
+        let vocab = self.word.len() / h;
+        let types = self.token_type.len() / h;
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            candle_core::bail!("bert: token id {bad} is outside the vocabulary");
+        }
+        if let Some(bad) = type_ids.iter().find(|&&i| i as usize >= types) {
+            candle_core::bail!("bert: token type {bad} is unknown");
+        }
+        let Scratch {
+            x,
+            qkv,
+            context,
+            attended,
+            up,
+        } = scratch;
+        x.clear();
+        x.resize(rows * h, 0.0);
+        x.par_chunks_mut(h).enumerate().for_each(|(r, row)| {
+            let (id, ty, pos) = (ids[r] as usize, type_ids[r] as usize, r % tokens);
+            let word = &self.word[id * h..(id + 1) * h];
+            let ty = &self.token_type[ty * h..(ty + 1) * h];
+            let pos = &self.position[pos * h..(pos + 1) * h];
+            for (((v, w), t), p) in row.iter_mut().zip(word).zip(ty).zip(pos) {
+                *v = w + t + p;
             }
         });
-        Ok(())
-    }
-}
-
-/// `y += bias + residual`, in place on `[rows, n]`.
-struct AddResidual;
-
-impl InplaceOp3 for AddResidual {
-    fn name(&self) -> &'static str {
-        "bias-residual"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        let bias = slice(s2, l2, self.name())?;
-        let residual = slice(s3, l3, self.name())?;
-        let n = bias.len();
-        let y = slice_mut(s1, l1, self.name())?;
-        if residual.len() != y.len() {
-            candle_core::bail!("bias-residual: shapes differ");
+        self.norm.apply(x);
+        for l in &self.layers {
+            l.qkv.start(rows, None, qkv);
+            l.qkv.accumulate(x, rows, qkv);
+            context.clear();
+            context.resize(rows * h, 0.0);
+            attention(
+                qkv,
+                mask,
+                context,
+                Shape {
+                    batch,
+                    tokens,
+                    heads: self.heads,
+                    head_dim: self.head_dim,
+                },
+            );
+            l.out.start(rows, Some(x), attended);
+            l.out.accumulate(context, rows, attended);
+            l.out_norm.apply(attended);
+            l.up.start(rows, None, up);
+            l.up.accumulate(attended, rows, up);
+            up.par_chunks_mut(self.intermediate * ROWS_PER_TASK)
+                .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = gelu_erf(*v)));
+            l.down.start(rows, Some(attended), x);
+            l.down.accumulate(up, rows, x);
+            l.down_norm.apply(x);
         }
-        y.par_chunks_mut(n * ROWS_PER_TASK)
-            .zip(residual.par_chunks(n * ROWS_PER_TASK))
-            .for_each(|(rows, res)| {
-                for (row, r) in rows.chunks_exact_mut(n).zip(res.chunks_exact(n)) {
-                    for ((v, b), r) in row.iter_mut().zip(bias).zip(r) {
-                        *v += b + r;
-                    }
-                }
-            });
-        Ok(())
+        Ok(x)
     }
 }
 
-/// Self-attention of every head of every sentence, from the Q, K and V
-/// side by side in `[batch * tokens, 3 * hidden]` rows (Q already scaled) to
-/// the context in `[batch * tokens, hidden]` rows, the layout the output
-/// layer reads. One task a (sentence, head), spread over the cores: the
-/// scores of its unpadded tokens (a matmul), the softmax in place, their
-/// weighted sum of V (a matmul), written straight into the context rows.
-/// candle's batched matmul ran these small products (K = 32) at a sixth of
-/// the rate of the large ones, and the scores of the whole batch were a
-/// `[batch, heads, tokens, tokens]` tensor, 100 MB for 32 x 256 tokens.
-/// Padding takes no part: a padded query's row of the context is 0 (the
-/// mean pooling ignores it), and no token attends to padding.
-struct Attention {
+#[derive(Clone, Copy)]
+struct Shape {
     batch: usize,
     tokens: usize,
     heads: usize,
     head_dim: usize,
 }
 
-/// A pointer the tasks write through, each into its own rows and columns.
+/// A pointer the attention tasks write through, each into its own rows and
+/// columns.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
 // SAFETY: every task writes a disjoint set of elements (its sentence's rows,
@@ -308,117 +367,109 @@ impl Out {
     }
 }
 
-impl CustomOp2 for Attention {
-    fn name(&self) -> &'static str {
-        "attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let Attention {
-            batch,
-            tokens: t,
-            heads,
-            head_dim: hd,
-        } = *self;
-        let h = heads * hd;
-        let qkv = slice(s1, l1, self.name())?;
-        let mask = slice(s2, l2, self.name())?;
-        if qkv.len() != batch * t * 3 * h || mask.len() != batch * t {
-            candle_core::bail!("attention: qkv or mask of the wrong size");
+/// Self-attention of every head of every sentence, from the Q, K and V side
+/// by side in `[batch * tokens, 3 * hidden]` rows (Q already scaled) into
+/// the context's `[batch * tokens, hidden]` rows, the layout the output layer
+/// reads. One task a (sentence, head): the scores of its unpadded tokens (a
+/// matmul), the softmax in place, their weighted sum of V (a matmul),
+/// written straight into the context. Padding takes no part: a padded
+/// query's row of the context stays 0 (the mean pooling ignores it), and no
+/// token attends to padding.
+fn attention(qkv: &[f32], mask: &[f32], context: &mut [f32], shape: Shape) {
+    let Shape {
+        batch,
+        tokens: t,
+        heads,
+        head_dim: hd,
+    } = shape;
+    let h = heads * hd;
+    assert!(
+        qkv.len() == batch * t * 3 * h && mask.len() == batch * t && context.len() == batch * t * h
+    );
+    let dst = Out(context.as_mut_ptr());
+    (0..batch * heads).into_par_iter().for_each(|task| {
+        let (b, head) = (task / heads, task % heads);
+        // Right padding: the sentence is its first `n` tokens.
+        let n = mask[b * t..(b + 1) * t]
+            .iter()
+            .rposition(|&m| m != 0.0)
+            .map_or(0, |i| i + 1);
+        if n == 0 {
+            return;
         }
-        let mut out = vec![0f32; batch * t * h];
-        let dst = Out(out.as_mut_ptr());
-        (0..batch * heads).into_par_iter().for_each(|task| {
-            let (b, head) = (task / heads, task % heads);
-            // Right padding: the sentence is its first `n` tokens.
-            let n = mask[b * t..(b + 1) * t]
+        let keep = &mask[b * t..b * t + n];
+        let row0 = b * t * 3 * h;
+        let q = qkv[row0 + head * hd..].as_ptr();
+        let k = qkv[row0 + h + head * hd..].as_ptr();
+        let v = qkv[row0 + 2 * h + head * hd..].as_ptr();
+        let stride = (3 * h) as isize;
+        let mut scores = vec![0f32; n * n];
+        // SAFETY: the strides walk `n` rows of `hd` values inside `qkv`
+        // (its size is asserted above), and `scores` is n x n. Kᵀ's element
+        // (i, j) is K[j][i].
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                hd,
+                scores.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                q,
+                1,
+                stride,
+                k,
+                stride,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for row in scores.chunks_exact_mut(n) {
+            let max = row
                 .iter()
-                .rposition(|&m| m != 0.0)
-                .map_or(0, |i| i + 1);
-            if n == 0 {
-                return;
+                .zip(keep)
+                .filter(|(_, &m)| m != 0.0)
+                .fold(f32::NEG_INFINITY, |acc, (&s, _)| acc.max(s));
+            let mut sum = 0.0f32;
+            for (s, &m) in row.iter_mut().zip(keep) {
+                *s = if m != 0.0 { (*s - max).exp() } else { 0.0 };
+                sum += *s;
             }
-            let keep = &mask[b * t..b * t + n];
-            let row0 = b * t * 3 * h;
-            let q = qkv[row0 + head * hd..].as_ptr();
-            let k = qkv[row0 + h + head * hd..].as_ptr();
-            let v = qkv[row0 + 2 * h + head * hd..].as_ptr();
-            let stride = (3 * h) as isize;
-            let mut scores = vec![0f32; n * n];
-            // SAFETY: the strides walk `n` rows of `hd` values inside `qkv`
-            // (checked above), and `scores` is n x n.
-            unsafe {
-                gemm::gemm(
-                    n,
-                    n,
-                    hd,
-                    scores.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    q,
-                    1,
-                    stride,
-                    // Kᵀ: element (i, j) is K[j][i].
-                    k,
-                    stride,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            for row in scores.chunks_exact_mut(n) {
-                let max = row
-                    .iter()
-                    .zip(keep)
-                    .filter(|(_, &m)| m != 0.0)
-                    .fold(f32::NEG_INFINITY, |acc, (&s, _)| acc.max(s));
-                let mut sum = 0.0f32;
-                for (s, &m) in row.iter_mut().zip(keep) {
-                    *s = if m != 0.0 { (*s - max).exp() } else { 0.0 };
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|s| *s *= inv);
-            }
-            // SAFETY: this task's rows of `out` (sentence b, n of them) and
-            // columns (head's hd), written by no other task.
-            unsafe {
-                gemm::gemm(
-                    n,
-                    hd,
-                    n,
-                    dst.at(b * t * h + head * hd),
-                    1,
-                    h as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    n as isize,
-                    v,
-                    1,
-                    stride,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((batch * t, h))))
-    }
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
+        // SAFETY: this task's rows of the context (sentence b, n of them)
+        // and columns (its head's hd), written by no other task.
+        unsafe {
+            gemm::gemm(
+                n,
+                hd,
+                n,
+                dst.at(b * t * h + head * hd),
+                1,
+                h as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                n as isize,
+                v,
+                1,
+                stride,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
 }
 
 /// GELU in its exact form, `x/2 · (1 + erf(x/√2))`.
@@ -460,7 +511,7 @@ mod tests {
         assert!((gelu_erf(1.0) - 0.841_344_7).abs() < 1e-6);
     }
 
-    /// The fused attention against the plain tensor computation, with a
+    /// The attention kernel against the plain tensor computation, with a
     /// padded sentence beside a full one.
     #[test]
     fn attention_is_softmax_of_the_scores_times_v_and_ignores_padding() {
@@ -469,19 +520,18 @@ mod tests {
         let h = heads * hd;
         let qkv = Tensor::randn(0f32, 1.0, (b * t, 3 * h), &dev).unwrap();
         let mask = Tensor::new(&[[1f32, 1., 1., 1., 1.], [1., 1., 1., 0., 0.]], &dev).unwrap();
-        let got = qkv
-            .apply_op2_no_bwd(
-                &mask,
-                &Attention {
-                    batch: b,
-                    tokens: t,
-                    heads,
-                    head_dim: hd,
-                },
-            )
-            .unwrap()
-            .reshape((b, t, h))
-            .unwrap();
+        let mut got = vec![0f32; b * t * h];
+        attention(
+            &values(qkv.clone()).unwrap(),
+            &values(mask.clone()).unwrap(),
+            &mut got,
+            Shape {
+                batch: b,
+                tokens: t,
+                heads,
+                head_dim: hd,
+            },
+        );
         let split = |i: usize| {
             qkv.narrow(1, i * h, h)
                 .unwrap()
@@ -503,27 +553,23 @@ mod tests {
             .broadcast_add(&bias)
             .unwrap();
         let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
-        let want = probs
-            .matmul(&v)
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .reshape((b, t, h))
-            .unwrap();
-        let got: Vec<Vec<Vec<f32>>> = got.to_vec3().unwrap();
-        let want: Vec<Vec<Vec<f32>>> = want.to_vec3().unwrap();
-        for (s, (g, w)) in got.iter().zip(&want).enumerate() {
-            for (i, (gr, wr)) in g.iter().zip(w).enumerate() {
-                if s == 1 && i >= 3 {
-                    assert!(gr.iter().all(|&x| x == 0.0), "a padded query's row is 0");
-                    continue;
-                }
-                for (x, y) in gr.iter().zip(wr) {
-                    assert!(
-                        (x - y).abs() < 1e-5,
-                        "sentence {s} token {i}: {gr:?} {wr:?}"
-                    );
-                }
+        let want = values(
+            probs
+                .matmul(&v)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap(),
+        )
+        .unwrap();
+        for (row, (g, w)) in got.chunks(h).zip(want.chunks(h)).enumerate() {
+            if row >= t + 3 {
+                assert!(g.iter().all(|&x| x == 0.0), "a padded query's row is 0");
+                continue;
+            }
+            for (x, y) in g.iter().zip(w) {
+                assert!((x - y).abs() < 1e-5, "row {row}: {g:?} {w:?}");
             }
         }
     }

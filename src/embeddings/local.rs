@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, DTYPE};
 use serde::Deserialize;
@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use tokio::sync::{mpsc, oneshot};
 
-use super::bert::Bert;
+use super::bert::{Bert, Scratch};
 use super::EmbedError;
 
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,8 @@ struct Engine {
     tokenizer: Tokenizer,
     pooling: Pooling,
     normalize: bool,
-    device: Device,
+    /// The model's buffers, kept from one batch to the next.
+    scratch: Scratch,
 }
 
 struct Job {
@@ -232,7 +233,7 @@ impl LocalModel {
             tokenizer,
             pooling,
             normalize,
-            device,
+            scratch: Scratch::default(),
         };
         let (tx, rx) = mpsc::channel(queue.max(1));
         let max_batch = max_batch.max(1);
@@ -280,7 +281,7 @@ impl LocalModel {
 impl Engine {
     /// The inference thread: takes one job, adds whatever else is waiting (up
     /// to `max_batch` texts), runs them together, answers each job.
-    fn serve(self, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+    fn serve(mut self, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
         while let Some(first) = rx.blocking_recv() {
             let mut jobs = vec![first];
             let mut n = jobs[0].texts.len();
@@ -320,7 +321,7 @@ impl Engine {
 
     /// Embeds in chunks of `max_batch`, texts of similar length together so
     /// that little compute goes to padding; returns vectors in input order.
-    fn embed(&self, texts: &[&str], max_batch: usize) -> Result<Vec<Vec<f32>>, String> {
+    fn embed(&mut self, texts: &[&str], max_batch: usize) -> Result<Vec<Vec<f32>>, String> {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| texts[i].len());
         let mut out = vec![Vec::new(); texts.len()];
@@ -335,34 +336,53 @@ impl Engine {
     }
 
     fn forward(
-        &self,
+        &mut self,
         texts: &[&str],
     ) -> Result<Vec<Vec<f32>>, Box<dyn std::error::Error + Send + Sync>> {
         let encodings = self.tokenizer.encode_batch(texts.to_vec(), true)?;
-        let stack = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> candle_core::Result<Tensor> {
-            let rows = encodings
-                .iter()
-                .map(|e| Tensor::new(f(e), &self.device))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Tensor::stack(&rows, 0)
-        };
-        let ids = stack(&|e| e.get_ids())?;
-        let type_ids = stack(&|e| e.get_type_ids())?;
-        let mask = stack(&|e| e.get_attention_mask())?;
-        let hidden = self.model.forward(&ids, &type_ids, &mask)?;
-        let pooled = match self.pooling {
-            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-            Pooling::Mean => {
-                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let summed = hidden.broadcast_mul(&m)?.sum(1)?;
-                summed.broadcast_div(&m.sum(1)?)?
+        let (batch, tokens) = (encodings.len(), encodings.first().map_or(0, |e| e.len()));
+        let mut ids = Vec::with_capacity(batch * tokens);
+        let mut type_ids = Vec::with_capacity(batch * tokens);
+        let mut mask = Vec::with_capacity(batch * tokens);
+        for e in &encodings {
+            if e.len() != tokens {
+                return Err("the tokenizer did not pad the batch to one length".into());
             }
-        };
-        let pooled = if self.normalize {
-            pooled.broadcast_div(&pooled.sqr()?.sum_keepdim(1)?.sqrt()?)?
-        } else {
-            pooled
-        };
-        Ok(pooled.to_vec2::<f32>()?)
+            ids.extend_from_slice(e.get_ids());
+            type_ids.extend_from_slice(e.get_type_ids());
+            mask.extend(e.get_attention_mask().iter().map(|&m| m as f32));
+        }
+        let h = self.model.hidden();
+        let hidden =
+            self.model
+                .forward(&ids, &type_ids, &mask, batch, tokens, &mut self.scratch)?;
+        let vectors = hidden
+            .chunks_exact(tokens * h)
+            .zip(mask.chunks_exact(tokens))
+            .map(|(rows, keep)| {
+                let mut v = match self.pooling {
+                    Pooling::Cls => rows[..h].to_vec(),
+                    Pooling::Mean => {
+                        let mut sum = vec![0f32; h];
+                        for (row, &m) in rows.chunks_exact(h).zip(keep) {
+                            if m != 0.0 {
+                                sum.iter_mut().zip(row).for_each(|(s, x)| *s += x);
+                            }
+                        }
+                        let n = keep.iter().filter(|&&m| m != 0.0).count().max(1) as f32;
+                        sum.iter_mut().for_each(|s| *s /= n);
+                        sum
+                    }
+                };
+                if self.normalize {
+                    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    if norm > 0.0 {
+                        v.iter_mut().for_each(|x| *x /= norm);
+                    }
+                }
+                v
+            })
+            .collect();
+        Ok(vectors)
     }
 }
