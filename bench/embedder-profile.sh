@@ -5,15 +5,19 @@
 #
 #   bench/embedder-profile.sh            (about 40 s; needs perf)
 #
-# Environment: BENCH_SECONDS (default 20), BENCH_BATCH (default 32).
+# Environment: BENCH_SECONDS (default 20), BENCH_BATCH (default 32), BENCH_BIN
+# (a bench binary to profile instead of this tree's), OUT (default
+# bench/results/embedder-profile.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v perf >/dev/null || { echo "embedder-profile: perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
 dir="$(scripts/model.sh)"
-out=bench/results/embedder-profile.md
+out="${OUT:-bench/results/embedder-profile.md}"
 data="$(mktemp -d)"
 trap 'rm -rf "$data"' EXIT
-bin="$(cargo bench --bench embeddings --no-run --message-format=json 2>/dev/null \
+# BENCH_BIN: another build of the bench (e.g. an older commit's, to compare).
+bin="${BENCH_BIN:-}"
+[[ -n "$bin" ]] || bin="$(cargo bench --bench embeddings --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
@@ -23,7 +27,7 @@ for l in sys.stdin:
 EMBEDDING_MODEL_DIR="$dir" BENCH_ONLY="long (256 tokens) batched" BENCH_SECONDS="${BENCH_SECONDS:-20}" \
     perf record -q -F 499 -o "$data/perf.data" -- "$bin" --bench >"$data/bench.txt" 2>/dev/null
 perf report -i "$data/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null >"$data/report.txt"
-python3 - "$data/report.txt" "$data/bench.txt" "$(git rev-parse --short HEAD)" >"$out" <<'PY'
+python3 - "$data/report.txt" "$data/bench.txt" "${BENCH_REV:-$(git rev-parse --short HEAD)}" >"$out" <<'PY'
 import re, sys
 report, bench, rev = open(sys.argv[1]).read(), open(sys.argv[2]).read(), sys.argv[3]
 # Each operation, by the symbols perf sees (candle's CPU kernels, the gemm

@@ -77,6 +77,20 @@ pub struct Scratch {
     up: Vec<f32>,
 }
 
+impl Scratch {
+    /// Lets go of the buffers if they hold more than `max_bytes`: a batch of
+    /// long inputs should not keep its 100 MB for the short queries after it.
+    pub fn trim(&mut self, max_bytes: usize) {
+        let held: usize = [&self.x, &self.qkv, &self.context, &self.attended, &self.up]
+            .iter()
+            .map(|v| v.capacity() * std::mem::size_of::<f32>())
+            .sum();
+        if held > max_bytes {
+            *self = Self::default();
+        }
+    }
+}
+
 fn values(t: Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }

@@ -98,6 +98,11 @@ fn model_name(dir: &Path) -> String {
     }
 }
 
+/// The model's buffers kept between batches, at most: 15 KB a token row, so
+/// a batch of 32 texts of 32 tokens (a batch of long ones takes 126 MB, and
+/// gives it back).
+const SCRATCH_KEPT_BYTES: usize = 16 << 20;
+
 struct Engine {
     model: Bert,
     tokenizer: Tokenizer,
@@ -383,6 +388,8 @@ impl Engine {
                 v
             })
             .collect();
+        // Kept for the next batch, up to what a batch of short inputs needs.
+        self.scratch.trim(SCRATCH_KEPT_BYTES);
         Ok(vectors)
     }
 }
