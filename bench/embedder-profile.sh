@@ -34,14 +34,14 @@ report, bench, rev = open(sys.argv[1]).read(), open(sys.argv[2]).read(), sys.arg
 # crate, tokenizers, the allocator and the kernel).
 kinds = [
     ("matmul (gemm crate)", r"gemm"),
-    ("softmax", r"softmax"),
+    ("attention (softmax, exp)", r"softmax|expf|attention"),
     ("GELU (erf)", r"gelu|erf"),
-    ("layer norm", r"layer_norm|layernorm|LayerNorm|rms"),
-    ("element-wise (add, mul, div, sqrt ...)", r"binary_map|unary_map|vs_|vd_|affine|powf|sqrt"),
+    ("layer norm", r"layer_norm|layernorm|LayerNorm|Norm::apply"),
+    ("element-wise (bias, residual, mask, scale ...)", r"binary_map|unary_map|Map1|Map2|affine|Dense::start|vs_|vd_"),
     ("copies and layout (contiguous, transpose, cat)", r"copy|memcpy|memmove|strided|transpose|cat"),
     ("reductions (sum, max)", r"reduce|sum|max"),
     ("tokenizer", r"tokenizers|onig|unicode"),
-    ("allocation and page faults", r"alloc|free|page|clear_|memset|mmap|munmap"),
+    ("allocation (user space)", r"malloc|free|alloc|memset"),
 ]
 share = {k: 0.0 for k, _ in kinds}
 share["other"] = 0.0
@@ -52,6 +52,12 @@ for line in report.splitlines():
         continue
     pct, dso, sym = float(m.group(1)), m.group(2), m.group(3).strip()
     top.append((pct, dso, sym))
+    if dso.startswith("[kernel"):
+        # Page faults of fresh allocations, and the locks and accounting
+        # they take.
+        share.setdefault("kernel (page faults, memory accounting)", 0.0)
+        share["kernel (page faults, memory accounting)"] += pct
+        continue
     for k, rx in kinds:
         if re.search(rx, sym, re.I):
             share[k] += pct
@@ -70,7 +76,7 @@ print("\nThe 15 hottest symbols:\n")
 print("| share | object | symbol |\n|--:|---|---|")
 for pct, dso, sym in sorted(top, reverse=True)[:15]:
     sym = sym.replace("|", "\\|")
-    print(f"| {pct:.2f}% | {dso} | `{sym[:110]}` |")
+    print(f"| {pct:.2f}% | {dso} | `{sym.strip()[:110]}` |")
 print("\nThe bench:\n")
 print("```\n" + bench.strip() + "\n```")
 PY
