@@ -218,6 +218,13 @@ impl Bert {
         let head_dim = h / heads;
         let eps = config.layer_norm_eps;
         let e = vb.pp("embeddings");
+        // The word embeddings first, the largest tensor (47 MB): while one is
+        // read, the file's pages, candle's copy and ours are all resident, and
+        // this way few of the file's other pages are yet.
+        let word = values(
+            e.pp("word_embeddings")
+                .get((config.vocab_size, h), "weight")?,
+        )?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
@@ -249,10 +256,7 @@ impl Bert {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            word: values(
-                e.pp("word_embeddings")
-                    .get((config.vocab_size, h), "weight")?,
-            )?,
+            word,
             position: values(
                 e.pp("position_embeddings")
                     .get((config.max_position_embeddings, h), "weight")?,
