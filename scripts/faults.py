@@ -341,8 +341,9 @@ class Load:
             "acknowledged_writes": len(self.acked),
             "failed_requests": len(fails),
             "failures_by_kind": by,
-            # The first few, to tell what failed and when (epoch seconds).
-            "failure_samples": [{"op": r.op, "status": r.status, "error": r.error, "at": round(r.t0, 3),
+            # The first few, to tell what failed and when (UTC, as the logs).
+            "failure_samples": [{"op": r.op, "status": r.status, "error": r.error,
+                                 "at": time.strftime("%H:%M:%S", time.gmtime(r.t0)) + f".{int(r.t0 * 1000) % 1000:03d}",
                                  "ms": round(1000 * (r.t1 - r.t0), 1), "body": r.detail} for r in fails[:5]],
             "p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
             "p99_ms": round(1000 * lat[int(len(lat) * 0.99)], 1) if lat else None,

@@ -40,7 +40,7 @@ read -r -a COMPOSE_CMD <<<"${COMPOSE:-docker compose}"
 read -r -a COMPOSE_ARGS <<<"${COMPOSE_ARGS:--f docker-compose.yml -f docker-compose.prod.yml}"
 compose() { "${COMPOSE_CMD[@]}" "${COMPOSE_ARGS[@]}" "$@"; }
 
-log() { printf 'rollout: %s %s\n' "$(date +%s.%N | cut -c1-14)" "$*" >&2; }
+log() { printf 'rollout: %s %s\n' "$(date -u +%H:%M:%S.%3N)" "$*" >&2; }
 die() { printf 'rollout: FAIL: %s\n' "$*" >&2; exit 1; }
 
 MIGRATE=1 SETTLE=5
