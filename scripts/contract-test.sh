@@ -60,7 +60,7 @@ status=0
 fuzz() {
     local scope="$1" key="$2" checks=(--checks all)
     # --exclude-checks replaces the config's exclusions: name them again.
-    [[ "$scope" == admin ]] && checks+=(--exclude-checks positive_data_acceptance,ensure_resource_availability)
+    [[ "$scope" == admin ]] && checks+=(--exclude-checks "positive_data_acceptance,ensure_resource_availability")
     phase "schemathesis with the $scope key (all checks, all phases, $examples examples per operation, seed $seed)"
     mkdir -p "$report/$scope"
     CONTRACT_SCOPE="$scope" SCHEMATHESIS_HOOKS=${CONTRACT_HOOKS-contract_hooks} PYTHONPATH="$REPO/scripts" \
