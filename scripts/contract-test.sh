@@ -58,9 +58,12 @@ status=0
 # the positive-data check is scripts/contract_hooks.py's, which expects the
 # one refusal the document cannot tie to the key (a create naming no user).
 fuzz() {
-    local scope="$1" key="$2" checks=(--checks all)
-    # --exclude-checks replaces the config's exclusions: name them again.
-    [[ "$scope" == admin ]] && checks+=(--exclude-checks "positive_data_acceptance,ensure_resource_availability")
+    local scope="$1" key="$2" excluded=ensure_resource_availability
+    # ensure_resource_availability is off (see scripts/schemathesis.toml for
+    # why); with --checks all, the config's `enabled = false` alone does not
+    # hold in the stateful phase, so it is excluded here as well.
+    [[ "$scope" == admin ]] && excluded+=",positive_data_acceptance"
+    local checks=(--checks all --exclude-checks "$excluded")
     phase "schemathesis with the $scope key (all checks, all phases, $examples examples per operation, seed $seed)"
     mkdir -p "$report/$scope"
     CONTRACT_SCOPE="$scope" SCHEMATHESIS_HOOKS=${CONTRACT_HOOKS-contract_hooks} PYTHONPATH="$REPO/scripts" \
