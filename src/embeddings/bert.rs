@@ -120,25 +120,11 @@ impl Dense {
         // right side reads W [outputs, inputs] as its transpose: element
         // (i, j) of Wᵀ is W[j][i], at j * inputs + i.
         unsafe {
-            gemm::gemm(
-                rows,
-                self.outputs,
-                self.inputs,
-                y.as_mut_ptr(),
-                1,
-                self.outputs as isize,
-                true,
-                x.as_ptr(),
-                1,
-                self.inputs as isize,
-                self.weight.as_ptr(),
-                self.inputs as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
+            matmul(
+                (rows, self.outputs, self.inputs),
+                (y.as_mut_ptr(), self.outputs, true),
+                (x.as_ptr(), self.inputs),
+                (self.weight.as_ptr(), 1, self.inputs as isize),
                 parallelism,
             );
         }
@@ -360,6 +346,43 @@ impl Bert {
     }
 }
 
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` when `read_dst`), f32, through
+/// the gemm crate: `(m, n, k)`; `dst` and `lhs` row-major with the given row
+/// strides; `rhs` `k` x `n`, element (i, j) at `i * rhs_rs + j * rhs_cs`.
+///
+/// # Safety
+/// Every element the shapes and strides name must lie inside its buffer, and
+/// `dst`'s may be written by no one else meanwhile.
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs, read_dst): (*mut f32, usize, bool),
+    (lhs, lhs_rs): (*const f32, usize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, isize, isize),
+    parallelism: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        read_dst,
+        lhs,
+        1,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    );
+}
+
 #[derive(Clone, Copy)]
 struct Shape {
     batch: usize,
@@ -426,25 +449,11 @@ fn attention(qkv: &[f32], mask: &[f32], context: &mut [f32], shape: Shape) {
         // (its size is asserted above), and `scores` is n x n. Kᵀ's element
         // (i, j) is K[j][i].
         unsafe {
-            gemm::gemm(
-                n,
-                n,
-                hd,
-                scores.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                q,
-                1,
-                stride,
-                k,
-                stride,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+            matmul(
+                (n, n, hd),
+                (scores.as_mut_ptr(), n, false),
+                (q, 3 * h),
+                (k, 1, stride),
                 gemm::Parallelism::None,
             );
         }
@@ -465,25 +474,11 @@ fn attention(qkv: &[f32], mask: &[f32], context: &mut [f32], shape: Shape) {
         // SAFETY: this task's rows of the context (sentence b, n of them)
         // and columns (its head's hd), written by no other task.
         unsafe {
-            gemm::gemm(
-                n,
-                hd,
-                n,
-                dst.at(b * t * h + head * hd),
-                1,
-                h as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                n as isize,
-                v,
-                1,
-                stride,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+            matmul(
+                (n, hd, n),
+                (dst.at(b * t * h + head * hd), h, false),
+                (scores.as_ptr(), n),
+                (v, stride, 1),
                 gemm::Parallelism::None,
             );
         }
