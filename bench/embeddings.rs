@@ -5,7 +5,8 @@
 //! Reports sentences per second for short (about 12 tokens) and long (about
 //! 256 tokens, the model's limit) inputs, one at a time and batched, with the
 //! GFLOP/s that makes and its share of the GEMM peak measured in the same run
-//! (candle's matmul, the gemm crate, on the model's own shapes). Results go
+//! (candle's matmul, the gemm crate, on the model's own shapes), and each
+//! call's p50 and p99 (one text a call: what a text search waits for). Results go
 //! in docs/benchmarks.md. Not a test: numbers depend on the machine.
 
 use std::path::PathBuf;
@@ -47,17 +48,33 @@ fn gemm_rate(b: usize, m: usize, k: usize, n: usize, min_time: Duration) -> f64 
     runs as f64 * 2.0 * (b * m * k * n) as f64 / started.elapsed().as_secs_f64() / 1e9
 }
 
-async fn measure(model: &LocalModel, text: &str, batch: usize, min_time: Duration) -> (f64, usize) {
+/// Sentences per second over at least `min_time`, the sentences measured,
+/// and each call's time: p50 and p99 in milliseconds.
+async fn measure(
+    model: &LocalModel,
+    text: &str,
+    batch: usize,
+    min_time: Duration,
+) -> (f64, usize, f64, f64) {
     let texts: Vec<String> = (0..batch).map(|i| format!("{i} {text}")).collect();
     // Warm up.
     model.embed(&texts).await.expect("embeds");
     let started = Instant::now();
-    let mut n = 0;
+    let mut calls = Vec::new();
     while started.elapsed() < min_time {
+        let call = Instant::now();
         model.embed(&texts).await.expect("embeds");
-        n += batch;
+        calls.push(call.elapsed().as_secs_f64() * 1e3);
     }
-    (n as f64 / started.elapsed().as_secs_f64(), n)
+    let n = calls.len() * batch;
+    calls.sort_by(f64::total_cmp);
+    let at = |q: f64| calls[((calls.len() - 1) as f64 * q).round() as usize];
+    (
+        n as f64 / started.elapsed().as_secs_f64(),
+        n,
+        at(0.5),
+        at(0.99),
+    )
 }
 
 #[tokio::main]
@@ -126,8 +143,10 @@ async fn main() {
     }
     let peak = peaks.iter().map(|p| p.1).fold(f64::NAN, f64::max);
     println!();
-    println!("| input | mode | sentences/s | GFLOP/s | of the GEMM peak | sentences measured |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| input | mode | sentences/s | GFLOP/s | of the GEMM peak | a call: p50 | p99 | sentences measured |"
+    );
+    println!("|---|---|--:|--:|--:|--:|--:|--:|");
     let long = long_text();
     for (name, text, tokens) in [
         ("short (12 tokens)", SHORT, 12.0),
@@ -137,10 +156,10 @@ async fn main() {
             if !only.is_empty() && !format!("{name} {mode}").contains(&only) {
                 continue;
             }
-            let (rate, n) = measure(&model, text, b, Duration::from_secs(seconds)).await;
+            let (rate, n, p50, p99) = measure(&model, text, b, Duration::from_secs(seconds)).await;
             let gflops = rate * minilm_flops(tokens) / 1e9;
             println!(
-                "| {name} | {mode} ({b}) | {rate:.1} | {gflops:.1} | {:.0}% | {n} |",
+                "| {name} | {mode} ({b}) | {rate:.1} | {gflops:.1} | {:.0}% | {p50:.1} ms | {p99:.1} ms | {n} |",
                 100.0 * gflops / peak
             );
         }
