@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Scope;
 use crate::cache::{Cache, Lookup};
@@ -50,9 +50,32 @@ pub struct Contexts {
     pending: Arc<Notify>,
     /// How long a write waits for an embedding before storing the row pending.
     inline_embed_timeout: Duration,
+    /// Batches' embeddings still running past the inline wait (see [`Handover`]).
+    handovers: Arc<Semaphore>,
     /// How hybrid search fuses its two rankings.
     fusion: Fusion,
 }
+
+/// A batch's embedding call that outlived the inline wait: it keeps running,
+/// and its vectors are stored when it ends, under a claim on the rows (taken
+/// once they are inserted), so that the worker does not embed them a second
+/// time. Without this, a slow model's work for a 100-item batch was thrown
+/// away at the deadline and done again by the worker.
+struct Handover {
+    /// The items it embeds (indexes into the batch), in order.
+    items: Vec<usize>,
+    call: tokio::task::JoinHandle<Result<Vec<Vec<f32>>, EmbedError>>,
+    embedder: Embedder,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// At most this many batches' embeddings run on past their request; past
+/// that a timed-out call is dropped and the worker embeds its rows.
+const HANDOVERS: usize = 4;
+
+/// How long a hand-over holds its rows: past it (the process died, or the
+/// call is stuck), the worker takes them.
+const HANDOVER_LEASE: Duration = Duration::from_secs(120);
 
 /// Which embedder makes the vectors of each column, as the database last
 /// said: `current` those of `contexts.embedding` (searches, writes, the
@@ -98,6 +121,7 @@ impl Contexts {
             vectors: Arc::new(std::sync::RwLock::new(vectors)),
             pending: Arc::new(Notify::new()),
             inline_embed_timeout,
+            handovers: Arc::new(Semaphore::new(HANDOVERS)),
             fusion,
         }
     }
@@ -379,13 +403,17 @@ impl Contexts {
             }
         }
         let roles = self.roles();
-        self.embed_missing(roles.current.as_ref(), &mut allowed)
+        let handover = self
+            .embed_missing(roles.current.as_ref(), &mut allowed)
             .await;
         let stored = if allowed.is_empty() {
             Vec::new()
         } else {
             self.store.insert_many(&allowed).await?
         };
+        if let Some(h) = handover {
+            self.hand_over(h, &stored).await;
+        }
         if let Some(next) = &roles.next {
             let texts: Vec<String> = allowed.iter().map(|n| n.text.clone()).collect();
             let vectors = self
@@ -424,18 +452,50 @@ impl Contexts {
     }
 
     /// Fills in the vectors of items that have none, in the provider's batch
-    /// sizes. On failure or timeout the items stay pending for the worker.
-    async fn embed_missing(&self, embedder: Option<&Embedder>, items: &mut [NewContext]) {
+    /// sizes. On failure or timeout the items stay pending; after a timeout
+    /// the call goes on, and the [`Handover`] returned stores its vectors.
+    async fn embed_missing(
+        &self,
+        embedder: Option<&Embedder>,
+        items: &mut [NewContext],
+    ) -> Option<Handover> {
         let missing: Vec<usize> = (0..items.len())
             .filter(|&i| items[i].embedding.is_none())
             .collect();
-        let Some(embedder) = embedder.filter(|_| !missing.is_empty()) else {
-            return;
-        };
+        let embedder = embedder.filter(|_| !missing.is_empty())?;
         let texts: Vec<String> = missing.iter().map(|&i| items[i].text.clone()).collect();
-        let vectors = self
-            .bounded_embeddings(embedder, texts.len(), embedder.embed(&texts))
-            .await;
+        let n = texts.len();
+        let vectors = match self.handovers.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let e = embedder.clone();
+                let mut call = tokio::spawn(async move { e.embed(&texts).await });
+                match tokio::time::timeout(self.inline_embed_timeout, &mut call).await {
+                    Ok(joined) => {
+                        let result = joined.unwrap_or_else(|e| {
+                            Err(EmbedError::Unavailable(format!("embedding task: {e}")))
+                        });
+                        checked_vectors(embedder, n, result)
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            items = n,
+                            "embedding outlived the inline wait: stored pending, filled when it ends"
+                        );
+                        return Some(Handover {
+                            items: missing,
+                            call,
+                            embedder: embedder.clone(),
+                            _permit: permit,
+                        });
+                    }
+                }
+            }
+            // Enough calls run on already: this one ends with its request.
+            Err(_) => {
+                self.bounded_embeddings(embedder, n, embedder.embed(&texts))
+                    .await
+            }
+        };
         let model = embedder.model().await.ok();
         for (i, v) in missing.into_iter().zip(vectors) {
             if v.is_some() {
@@ -443,6 +503,74 @@ impl Contexts {
             }
             items[i].embedding = v;
         }
+        None
+    }
+
+    /// Claims the rows of a [`Handover`] that were inserted pending, and
+    /// stores their vectors when its call ends (or gives the rows back to the
+    /// worker at once if it fails). A row changed meanwhile loses the claim
+    /// and keeps its newer state.
+    async fn hand_over(&self, h: Handover, stored: &[Option<Context>]) {
+        let ids: Vec<ContextId> = h
+            .items
+            .iter()
+            .filter_map(|&i| stored.get(i)?.as_ref())
+            .filter(|c| c.embedding_status == crate::domain::EmbeddingStatus::Pending)
+            .map(|c| c.id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let (token, claimed) = match self.store.claim_rows(&ids, HANDOVER_LEASE).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not claim a batch's rows: the worker embeds them");
+                return;
+            }
+        };
+        let (store, cache) = (self.store.clone(), self.cache.clone());
+        let order: std::collections::HashMap<ContextId, usize> = h
+            .items
+            .iter()
+            .enumerate()
+            .filter_map(|(k, &i)| Some((stored.get(i)?.as_ref()?.id, k)))
+            .collect();
+        tokio::spawn(async move {
+            let result = h
+                .call
+                .await
+                .unwrap_or_else(|e| Err(EmbedError::Unavailable(format!("embedding task: {e}"))));
+            let vectors = checked_vectors(&h.embedder, h.items.len(), result);
+            let filled: Vec<(ContextId, Vec<f32>)> = claimed
+                .iter()
+                .filter_map(|id| {
+                    let v = vectors.get(*order.get(id)?)?.clone()?;
+                    Some((*id, v.into_vec()))
+                })
+                .collect();
+            if filled.len() < claimed.len() {
+                // Some or all vectors are missing: the worker makes them now.
+                if let Err(e) = store.release_claim(token).await {
+                    tracing::warn!(error = %e, "could not release a claim: it lapses with its lease");
+                }
+                if filled.is_empty() {
+                    return;
+                }
+            }
+            let model = h.embedder.model().await.ok();
+            match store.fill_embeddings(token, filled, model.as_deref()).await {
+                Ok(updated) => {
+                    for ctx in &updated {
+                        cache.put_context(ctx).await;
+                    }
+                    metrics::counter!("embeddings_filled_total").increment(updated.len() as u64);
+                    tracing::info!(count = updated.len(), "stored a batch's late embeddings");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a batch's late embeddings were not stored: the worker makes them")
+                }
+            }
+        });
     }
 
     pub async fn get(
@@ -768,20 +896,7 @@ impl Contexts {
         call: impl std::future::Future<Output = Result<Vec<Vec<f32>>, EmbedError>>,
     ) -> Vec<Option<Embedding>> {
         match tokio::time::timeout(self.inline_embed_timeout, call).await {
-            Ok(Ok(vectors)) => vectors
-                .into_iter()
-                .map(|v| {
-                    Embedding::parse("embedding", v, embedder.dim())
-                        .map_err(|e| {
-                            tracing::warn!(error = %e, "embedding service returned an unusable vector")
-                        })
-                        .ok()
-                })
-                .collect(),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, items = n, "embedding deferred: stored pending");
-                vec![None; n]
-            }
+            Ok(result) => checked_vectors(embedder, n, result),
             Err(_) => {
                 tracing::warn!(items = n, "embedding timed out: stored pending");
                 vec![None; n]
@@ -793,6 +908,31 @@ impl Contexts {
         self.cache.put_context(ctx).await;
         if ctx.embedding_status == crate::domain::EmbeddingStatus::Pending {
             self.pending.notify_one();
+        }
+    }
+}
+
+/// The `n` vectors of an embedding call, each checked against the dimension;
+/// `None` for each that is missing or unusable (all when the call failed).
+fn checked_vectors(
+    embedder: &Embedder,
+    n: usize,
+    result: Result<Vec<Vec<f32>>, EmbedError>,
+) -> Vec<Option<Embedding>> {
+    match result {
+        Ok(vectors) => vectors
+            .into_iter()
+            .map(|v| {
+                Embedding::parse("embedding", v, embedder.dim())
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "embedding service returned an unusable vector")
+                    })
+                    .ok()
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, items = n, "embedding deferred: stored pending");
+            vec![None; n]
         }
     }
 }

@@ -459,6 +459,33 @@ impl Store {
         })
     }
 
+    /// Claims the rows `ids` that are pending and unclaimed (or whose claim
+    /// lapsed) for `lease`, under a new token: for a write whose embedding
+    /// outlived its inline wait and is still running. Returns the token and
+    /// the rows it holds.
+    #[tracing::instrument(name = "store.claim_rows", level = "debug", skip_all, fields(rows = ids.len()))]
+    pub async fn claim_rows(
+        &self,
+        ids: &[ContextId],
+        lease: Duration,
+    ) -> Result<(Uuid, Vec<ContextId>), StoreError> {
+        let token = Uuid::new_v4();
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let claimed = sqlx::query_scalar!(
+            "UPDATE contexts
+             SET embedding_claim = $2, embedding_claimed_until = now() + make_interval(secs => $3)
+             WHERE id = ANY($1) AND embedding_status = 'pending' AND is_active
+               AND (embedding_claimed_until IS NULL OR embedding_claimed_until < now())
+             RETURNING id",
+            &ids,
+            token,
+            lease.as_secs_f64(),
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((token, claimed.into_iter().map(ContextId).collect()))
+    }
+
     /// Gives claimed rows back at once (the embedding call failed).
     #[tracing::instrument(name = "store.release_claim", level = "debug", skip(self))]
     pub async fn release_claim(&self, token: Uuid) -> Result<(), StoreError> {

@@ -353,3 +353,64 @@ async fn a_batch_says_how_many_wait_for_a_vector_and_the_list_tells_when_none_do
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["items"].as_array().unwrap().len(), 7);
 }
+
+/// A batch whose embedding outlives the inline wait is stored pending, and
+/// the call it started goes on: its vectors are stored when it ends, and the
+/// worker does not embed those rows a second time meanwhile.
+#[tokio::test]
+async fn a_batch_embedding_past_the_inline_wait_is_kept_and_not_made_twice() {
+    let app = spawn_app_with(Options {
+        tei_max_batch: 4,
+        ..Options::default().set("embedding_timeout_ms", 500)
+    })
+    .await;
+    // The embedder known first, then three calls of 4 texts, 200 ms each:
+    // the inline wait ends during the third, each call within its own 500 ms.
+    app.wait_embeddings_ok(Duration::from_secs(10)).await;
+    app.tei.set_delay(Duration::from_millis(200));
+    let texts: Vec<String> = (0..12).map(|i| format!("late row {i}")).collect();
+    let items: Vec<Value> = texts
+        .iter()
+        .map(|t| json!({"user_id": app.alice.id, "context_type": "t", "content": {"text": t}}))
+        .collect();
+    let resp = app
+        .req(Method::POST, "/contexts/batch")
+        .json(&json!({ "items": items }))
+        .sent()
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["pending"], json!(12), "{body}");
+    let pool = app.db.pool().await;
+    eventually(Duration::from_secs(20), || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM contexts WHERE embedding_status = 'pending'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (n == 0).then_some(())
+    })
+    .await;
+    // The worker polls every 100 ms: it had time to take the rows, had they
+    // not been held.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for input in app.tei.inputs() {
+        *seen.entry(input).or_default() += 1;
+    }
+    for text in &texts {
+        assert_eq!(
+            seen.get(text),
+            Some(&1),
+            "{text:?} embedded {:?} times",
+            seen.get(text)
+        );
+    }
+    let ready: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM contexts WHERE embedding_status = 'ready' AND embedding_claim IS NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(ready, 12);
+}
