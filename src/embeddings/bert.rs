@@ -15,7 +15,8 @@
 //!   1/sqrt(head size) folded into Q's weights and bias at load;
 //! - attention is one kernel, a task per sentence and head: two small
 //!   matmuls and the softmax between them, over the unpadded tokens only;
-//! - layer norm and GELU are passes over rows, spread over the cores as the
+//! - layer norm, GELU and the softmax run eight values at a time
+//!   ([`super::simd`]), in passes over rows spread over the cores as the
 //!   matmuls are (rayon's pool, which gemm uses; the whole pass runs on it);
 //! - the buffers of a batch are kept for the next one.
 //!
@@ -23,10 +24,27 @@
 //! form the model's config names): tests/api/local.rs compares the vectors
 //! with sentence-transformers' own.
 
-use candle_core::{Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::Result;
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
+
+use super::simd;
+use super::weights::Weights;
+
+/// The weights under a name's prefix (`encoder.layer.0.` ...).
+#[derive(Clone, Copy)]
+struct At<'w> {
+    weights: &'w Weights,
+    prefix: &'w str,
+}
+
+impl At<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.weights
+            .get(&format!("{}{name}", self.prefix), shape)
+            .map_err(candle_core::Error::Msg)
+    }
+}
 
 /// The encoder: token ids in, one vector a token out.
 pub struct Bert {
@@ -92,15 +110,12 @@ impl Scratch {
     }
 }
 
-fn values(t: Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
-}
-
 impl Dense {
-    fn load(vb: &VarBuilder, inputs: usize, outputs: usize) -> Result<Self> {
+    /// `{name}.weight` and `{name}.bias`.
+    fn load(at: At, name: &str, inputs: usize, outputs: usize) -> Result<Self> {
         Ok(Self {
-            weight: values(vb.get((outputs, inputs), "weight")?)?,
-            bias: values(vb.get(outputs, "bias")?)?,
+            weight: at.get(&format!("{name}.weight"), &[outputs, inputs])?,
+            bias: at.get(&format!("{name}.bias"), &[outputs])?,
             inputs,
             outputs,
         })
@@ -154,10 +169,10 @@ impl Dense {
 }
 
 impl Norm {
-    fn load(vb: &VarBuilder, n: usize, eps: f64) -> Result<Self> {
+    fn load(at: At, name: &str, n: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            gamma: values(vb.get(n, "weight")?)?,
-            beta: values(vb.get(n, "bias")?)?,
+            gamma: at.get(&format!("{name}.weight"), &[n])?,
+            beta: at.get(&format!("{name}.bias"), &[n])?,
             eps: eps as f32,
         })
     }
@@ -167,12 +182,7 @@ impl Norm {
         let n = self.gamma.len();
         x.par_chunks_mut(n * ROWS_PER_TASK).for_each(|rows| {
             for row in rows.chunks_exact_mut(n) {
-                let mean = row.iter().sum::<f32>() / n as f32;
-                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
-                let inv = 1.0 / (var + self.eps).sqrt();
-                for ((v, g), b) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
-                    *v = (*v - mean) * inv * g + b;
-                }
+                simd::layer_norm(row, &self.gamma, &self.beta, self.eps);
             }
         });
     }
@@ -185,11 +195,11 @@ const ROWS_PER_TASK: usize = 32;
 impl Bert {
     /// Loads the weights (with or without a `bert.` prefix, as
     /// sentence-transformers and Hugging Face save them).
-    pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
+    pub fn load(weights: &Weights, config: &Config) -> Result<Self> {
+        let prefix = if weights.contains("bert.embeddings.word_embeddings.weight") {
+            "bert."
         } else {
-            vb
+            ""
         };
         if config.hidden_act != HiddenAct::Gelu {
             candle_core::bail!(
@@ -199,57 +209,57 @@ impl Bert {
         }
         let h = config.hidden_size;
         let heads = config.num_attention_heads;
+        if heads == 0 || h % heads != 0 {
+            candle_core::bail!("hidden_size {h} is not a multiple of {heads} heads");
+        }
         let head_dim = h / heads;
         let eps = config.layer_norm_eps;
-        let e = vb.pp("embeddings");
-        // The word embeddings first, the largest tensor (47 MB): while one is
-        // read, the file's pages, candle's copy and ours are all resident, and
-        // this way few of the file's other pages are yet.
-        let word = values(
-            e.pp("word_embeddings")
-                .get((config.vocab_size, h), "weight")?,
-        )?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
+        let e = format!("{prefix}embeddings.");
+        let e = At {
+            weights,
+            prefix: &e,
+        };
+        let word = e.get("word_embeddings.weight", &[config.vocab_size, h])?;
+        let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
-                let l = vb.pp(format!("encoder.layer.{i}"));
-                let a = l.pp("attention.self");
-                let part = |name: &str, s: f64| -> Result<(Tensor, Tensor)> {
-                    Ok((
-                        (a.pp(name).get((h, h), "weight")? * s)?,
-                        (a.pp(name).get(h, "bias")? * s)?,
-                    ))
+                let name = format!("{prefix}encoder.layer.{i}.");
+                let l = At {
+                    weights,
+                    prefix: &name,
                 };
-                let (qw, qb) = part("query", scale)?;
-                let (kw, kb) = part("key", 1.0)?;
-                let (vw, vb_) = part("value", 1.0)?;
-                let qkv = Dense {
-                    weight: values(Tensor::cat(&[qw, kw, vw], 0)?)?,
-                    bias: values(Tensor::cat(&[qb, kb, vb_], 0)?)?,
-                    inputs: h,
-                    outputs: 3 * h,
-                };
+                // Q, K and V side by side, Q (weights and bias) scaled.
+                let mut weight = Vec::with_capacity(3 * h * h);
+                let mut bias = Vec::with_capacity(3 * h);
+                for (part, s) in [("query", scale), ("key", 1.0), ("value", 1.0)] {
+                    let w = l.get(&format!("attention.self.{part}.weight"), &[h, h])?;
+                    let b = l.get(&format!("attention.self.{part}.bias"), &[h])?;
+                    weight.extend(w.iter().map(|v| v * s));
+                    bias.extend(b.iter().map(|v| v * s));
+                }
                 Ok(Layer {
-                    qkv,
-                    out: Dense::load(&l.pp("attention.output.dense"), h, h)?,
-                    out_norm: Norm::load(&l.pp("attention.output.LayerNorm"), h, eps)?,
-                    up: Dense::load(&l.pp("intermediate.dense"), h, config.intermediate_size)?,
-                    down: Dense::load(&l.pp("output.dense"), config.intermediate_size, h)?,
-                    down_norm: Norm::load(&l.pp("output.LayerNorm"), h, eps)?,
+                    qkv: Dense {
+                        weight,
+                        bias,
+                        inputs: h,
+                        outputs: 3 * h,
+                    },
+                    out: Dense::load(l, "attention.output.dense", h, h)?,
+                    out_norm: Norm::load(l, "attention.output.LayerNorm", h, eps)?,
+                    up: Dense::load(l, "intermediate.dense", h, config.intermediate_size)?,
+                    down: Dense::load(l, "output.dense", config.intermediate_size, h)?,
+                    down_norm: Norm::load(l, "output.LayerNorm", h, eps)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             word,
-            position: values(
-                e.pp("position_embeddings")
-                    .get((config.max_position_embeddings, h), "weight")?,
+            position: e.get(
+                "position_embeddings.weight",
+                &[config.max_position_embeddings, h],
             )?,
-            token_type: values(
-                e.pp("token_type_embeddings")
-                    .get((config.type_vocab_size, h), "weight")?,
-            )?,
-            norm: Norm::load(&e.pp("LayerNorm"), h, eps)?,
+            token_type: e.get("token_type_embeddings.weight", &[config.type_vocab_size, h])?,
+            norm: Norm::load(e, "LayerNorm", h, eps)?,
             layers,
             hidden: h,
             intermediate: config.intermediate_size,
@@ -351,7 +361,7 @@ impl Bert {
             l.up.start(rows, None, up);
             l.up.accumulate(attended, rows, up);
             up.par_chunks_mut(self.intermediate * ROWS_PER_TASK)
-                .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = gelu_erf(*v)));
+                .for_each(simd::gelu_erf);
             l.down.start(rows, Some(attended), x);
             l.down.accumulate(up, rows, x);
             l.down_norm.apply(x);
@@ -639,19 +649,10 @@ fn attention(qkv: &[f32], mask: &[f32], context: &mut [f32], shape: Shape) {
                 gemm::Parallelism::None,
             );
         }
-        for row in scores.chunks_exact_mut(n) {
-            let max = row
-                .iter()
-                .zip(keep)
-                .filter(|(_, &m)| m != 0.0)
-                .fold(f32::NEG_INFINITY, |acc, (&s, _)| acc.max(s));
-            let mut sum = 0.0f32;
-            for (s, &m) in row.iter_mut().zip(keep) {
-                *s = if m != 0.0 { (*s - max).exp() } else { 0.0 };
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|s| *s *= inv);
+        if keep.iter().all(|&m| m != 0.0) {
+            scores.chunks_exact_mut(n).for_each(simd::softmax);
+        } else {
+            masked_softmax(&mut scores, keep);
         }
         // SAFETY: this task's rows of the context (sentence b, n of them)
         // and columns (its head's hd), written by no other task.
@@ -667,43 +668,32 @@ fn attention(qkv: &[f32], mask: &[f32], context: &mut [f32], shape: Shape) {
     });
 }
 
-/// GELU in its exact form, `x/2 · (1 + erf(x/√2))`.
-fn gelu_erf(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
-}
-
-/// erf to within 1.5e-7, before f32's rounding (Abramowitz and Stegun 7.1.26).
-fn erf(x: f32) -> f32 {
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t
-        * (0.254_829_6
-            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * (-a * a).exp();
-    y.copysign(x)
+/// Softmax of each row of `scores` over the tokens `keep` marks (a mask
+/// with holes: the tokenizer pads on the right only, so this is a guard).
+fn masked_softmax(scores: &mut [f32], keep: &[f32]) {
+    for row in scores.chunks_exact_mut(keep.len()) {
+        let max = row
+            .iter()
+            .zip(keep)
+            .filter(|(_, &m)| m != 0.0)
+            .fold(f32::NEG_INFINITY, |acc, (&s, _)| acc.max(s));
+        let mut sum = 0.0f32;
+        for (s, &m) in row.iter_mut().zip(keep) {
+            *s = if m != 0.0 { (*s - max).exp() } else { 0.0 };
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|s| *s *= inv);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Tensor;
 
-    #[test]
-    fn erf_is_within_its_bound_of_the_exact_one() {
-        // erf's values at a few points (Abramowitz and Stegun, table 7.1).
-        for (x, want) in [
-            (0.0f32, 0.0f64),
-            (0.1, 0.112_462_916),
-            (0.5, 0.520_499_878),
-            (1.0, 0.842_700_793),
-            (2.0, 0.995_322_265),
-            (3.0, 0.999_977_910),
-        ] {
-            // 1.5e-7 of the approximation, and f32's rounding.
-            assert!((erf(x) as f64 - want).abs() < 5e-7, "erf({x}) = {}", erf(x));
-            assert!((erf(-x) as f64 + want).abs() < 5e-7);
-        }
-        assert_eq!(gelu_erf(0.0), 0.0);
-        assert!((gelu_erf(1.0) - 0.841_344_7).abs() < 1e-6);
+    fn values(t: Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
 
     /// A dense layer over a few rows, both ways (the AVX2 kernel where the
@@ -714,13 +704,13 @@ mod tests {
         let (k, n) = (40, 24);
         let dev = candle_core::Device::Cpu;
         let d = Dense {
-            weight: values(Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap()).unwrap(),
-            bias: values(Tensor::randn(0f32, 1.0, n, &dev).unwrap()).unwrap(),
+            weight: values(Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap()),
+            bias: values(Tensor::randn(0f32, 1.0, n, &dev).unwrap()),
             inputs: k,
             outputs: n,
         };
         for rows in 1..=7 {
-            let x = values(Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap()).unwrap();
+            let x = values(Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap());
             let mut want = Vec::new();
             d.start(rows, None, &mut want);
             for r in 0..rows {
@@ -775,8 +765,8 @@ mod tests {
         let mask = Tensor::new(&[[1f32, 1., 1., 1., 1.], [1., 1., 1., 0., 0.]], &dev).unwrap();
         let mut got = vec![0f32; b * t * h];
         attention(
-            &values(qkv.clone()).unwrap(),
-            &values(mask.clone()).unwrap(),
+            &values(qkv.clone()),
+            &values(mask.clone()),
             &mut got,
             Shape {
                 batch: b,
@@ -814,8 +804,7 @@ mod tests {
                 .unwrap()
                 .contiguous()
                 .unwrap(),
-        )
-        .unwrap();
+        );
         for (row, (g, w)) in got.chunks(h).zip(want.chunks(h)).enumerate() {
             if row >= t + 3 {
                 assert!(g.iter().all(|&x| x == 0.0), "a padded query's row is 0");

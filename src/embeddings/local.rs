@@ -10,15 +10,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Device;
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{Config, DTYPE};
+use candle_transformers::models::bert::Config;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use tokio::sync::{mpsc, oneshot};
 
 use super::bert::{Bert, Scratch};
+use super::weights::Weights;
 use super::EmbedError;
 
 #[derive(Debug, thiserror::Error)]
@@ -216,11 +215,13 @@ impl LocalModel {
                 source,
             })?
             .len();
-        let device = Device::Cpu;
-        // SAFETY: the weights file is memory-mapped read-only; it must not be
-        // modified while the service runs (it is a deployment artifact).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DTYPE, &device)? };
-        let model = Bert::load(vb, &config)?;
+        let model = Bert::load(
+            &Weights::open(&weights).map_err(|message| LoadError::Invalid {
+                path: weights.clone(),
+                message,
+            })?,
+            &config,
+        )?;
 
         // Names the model as its users know it, with a digest of what defines
         // its output: the digest alone identifies it (see `same_model`).

@@ -5,7 +5,11 @@
 mod bert;
 #[cfg(feature = "local-embeddings")]
 mod local;
+#[cfg(feature = "local-embeddings")]
+mod simd;
 mod tei;
+#[cfg(feature = "local-embeddings")]
+mod weights;
 
 #[cfg(feature = "local-embeddings")]
 pub use local::{LoadError, LocalModel};
