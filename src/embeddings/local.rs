@@ -109,6 +109,27 @@ struct Engine {
     normalize: bool,
     /// The model's buffers, kept from one batch to the next.
     scratch: Scratch,
+    /// Where a long text is cut before tokenizing (see [`cut`]).
+    cut_bytes: usize,
+}
+
+/// Bytes of text kept per token the model reads: English averages under 6
+/// a token; past 16 a text is cut (at a whitespace) before tokenizing.
+const CUT_BYTES_PER_TOKEN: usize = 16;
+
+/// `text` up to the first whitespace at or after byte `limit`, or whole.
+fn cut(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut at = limit;
+    while !text.is_char_boundary(at) {
+        at += 1;
+    }
+    match text[at..].find(char::is_whitespace) {
+        Some(i) => &text[..at + i],
+        None => text,
+    }
 }
 
 struct Job {
@@ -240,6 +261,7 @@ impl LocalModel {
             pooling,
             normalize,
             scratch: Scratch::default(),
+            cut_bytes: max_tokens * CUT_BYTES_PER_TOKEN,
         };
         let (tx, rx) = mpsc::channel(queue.max(1));
         let max_batch = max_batch.max(1);
@@ -329,7 +351,7 @@ impl Engine {
     /// that little compute goes to padding; returns vectors in input order.
     fn embed(&mut self, texts: &[&str], max_batch: usize) -> Result<Vec<Vec<f32>>, String> {
         let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| texts[i].len());
+        order.sort_by_key(|&i| texts[i].len().min(self.cut_bytes));
         let mut out = vec![Vec::new(); texts.len()];
         for chunk in order.chunks(max_batch) {
             let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
@@ -345,7 +367,25 @@ impl Engine {
         &mut self,
         texts: &[&str],
     ) -> Result<Vec<Vec<f32>>, Box<dyn std::error::Error + Send + Sync>> {
-        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true)?;
+        // A long text is cut at a whitespace past what the model reads before
+        // it is tokenized: a 1 MB document costs what its first pages do.
+        // Tokens of text before a whitespace are the first tokens of the whole
+        // text, so when the cut text still runs past the limit its encoding
+        // is the whole text's. One that does not (long runs of whitespace,
+        // very long words) is tokenized again whole.
+        let mut inputs: Vec<&str> = texts.iter().map(|t| cut(t, self.cut_bytes)).collect();
+        let mut encodings = self.tokenizer.encode_batch(inputs.clone(), true)?;
+        let short: Vec<usize> = (0..texts.len())
+            .filter(|&i| {
+                inputs[i].len() < texts[i].len() && encodings[i].get_overflowing().is_empty()
+            })
+            .collect();
+        if !short.is_empty() {
+            for i in short {
+                inputs[i] = texts[i];
+            }
+            encodings = self.tokenizer.encode_batch(inputs, true)?;
+        }
         let (batch, tokens) = (encodings.len(), encodings.first().map_or(0, |e| e.len()));
         let mut ids = Vec::with_capacity(batch * tokens);
         let mut type_ids = Vec::with_capacity(batch * tokens);
@@ -358,6 +398,10 @@ impl Engine {
             type_ids.extend_from_slice(e.get_type_ids());
             mask.extend(e.get_attention_mask().iter().map(|&m| m as f32));
         }
+        let text_tokens = mask.iter().filter(|&&m| m != 0.0).count();
+        metrics::counter!("embedding_tokens_total", "kind" => "text").increment(text_tokens as u64);
+        metrics::counter!("embedding_tokens_total", "kind" => "padding")
+            .increment((batch * tokens - text_tokens) as u64);
         let h = self.model.hidden();
         let hidden =
             self.model
@@ -392,5 +436,21 @@ impl Engine {
         // Kept for the next batch, up to what a batch of short inputs needs.
         self.scratch.trim(SCRATCH_KEPT_BYTES);
         Ok(vectors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_text_is_cut_at_a_whitespace_past_the_limit() {
+        assert_eq!(cut("short text", 4096), "short text");
+        assert_eq!(cut("aaaa bbbb cccc", 6), "aaaa bbbb");
+        assert_eq!(cut("aaaa bbbb cccc", 5), "aaaa bbbb");
+        assert_eq!(cut("aaaa bbbb cccc", 4), "aaaa");
+        assert_eq!(cut("no-whitespace-at-all", 3), "no-whitespace-at-all");
+        // Inside a character: from its end.
+        assert_eq!(cut("ééé ééé", 3), "ééé");
     }
 }

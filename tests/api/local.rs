@@ -85,6 +85,22 @@ async fn local_vectors_match_the_reference_implementation() {
         let c = cosine(&got, &case.embedding);
         assert!(c >= 0.999, "single {:?}: cosine {c}", case.text);
     }
+
+    // A text past the model's limit is cut before it is tokenized: the
+    // longest case with 100 kB more after it is still that case, and a text
+    // whose cut would leave too few tokens (a long run of whitespace) is
+    // tokenized whole, as if the run were one space.
+    let longest = reference.cases.iter().max_by_key(|c| c.text.len()).unwrap();
+    let texts = vec![
+        format!("{} {}", longest.text, "and more words ".repeat(7_000)),
+        format!("Tea{}{}", " ".repeat(8_000), longest.text),
+        format!("Tea {}", longest.text),
+    ];
+    let got = model.embed(&texts).await.unwrap();
+    let c = cosine(&got[0], &longest.embedding);
+    assert!(c >= 0.999, "with 100 kB after it: cosine {c}");
+    let c = cosine(&got[1], &got[2]);
+    assert!(c >= 0.99999, "after a run of whitespace: cosine {c}");
 }
 
 #[tokio::test]
