@@ -172,9 +172,12 @@ class Bench:
         del self.procs[1:]
         self.sql("DROP INDEX contexts_embedding_hnsw_idx")
 
-    def serve(self):
+    def serve(self, ef_search=None):
         self.port = free_port()
-        p = Proc("service", [str(self.binary), "serve"], self.work / "service.log", env=self.env(self.port))
+        env = self.env(self.port)
+        if ef_search:
+            env["HNSW_EF_SEARCH"] = str(ef_search)
+        p = Proc("service", [str(self.binary), "serve"], self.work / "service.log", env=env)
         self.procs.append(p)
         wait_http(f"http://127.0.0.1:{self.port}/ready", 120, p)
         self.api = Api(f"http://127.0.0.1:{self.port}", KEY)
@@ -243,6 +246,13 @@ class Bench:
                 if row["recall"] < floor:
                     self.failures.append(f"{form}, {label}: recall@10 {row['recall']:.3f} under {floor}")
 
+    def sweep(self, ef):
+        """The warm searches again with the service's HNSW_EF_SEARCH at `ef`."""
+        self.procs.pop().stop()
+        self.serve(ef)
+        self.measure(f"ef {ef}")
+        self.form.setdefault("sweep", []).append(ef)
+
     def plain_statement(self, queries, users):
         """p50 of the search as the service sent it before it chose plans: the plain
         `user_id = $2` filter, prepared, past the plan cache's five custom plans."""
@@ -266,7 +276,7 @@ class Bench:
         mib = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731
         lines = [f"# Scale: {self.rows:,} contexts x {self.dim}, {self.users:,} users (Zipf)", "",
                  f"Measured {time.strftime('%Y-%m-%d')} on this 2-core box by `bench/scale.sh"
-                 f"{' --smoke' if self.args.smoke else f' --rows {self.rows}'}{'' if self.dim == 768 else f' --dim {self.dim}'}` at commit "
+                 f"{''.join(' ' + a for a in sys.argv[1:])}` at commit "
                  f"{subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=REPO).stdout.strip()}; "
                  f"nothing else ran. Postgres: shared_buffers {self.sql('SHOW shared_buffers')[0][0]}.", "",
                  "## The forms of the index side by side (VECTOR_INDEX)", "",
@@ -296,6 +306,16 @@ class Bench:
                 again = f"{w['p50']:.1f} ms | {w['p99']:.1f} ms" if w else " | "
                 lines.append(f"| {r['bucket']} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | {again} | {r['recall']:.3f} | "
                              f"{r['plan']} | {before} |")
+        for f in self.forms:
+            if not f.get("sweep"):
+                continue
+            lines += ["", f"## `{f['name']}`: the warm searches by HNSW_EF_SEARCH", "",
+                      "| search | HNSW_EF_SEARCH | p50 | p99 | recall@10 | plan chosen |",
+                      "|---|--:|--:|--:|--:|---|"]
+            for label in [r["bucket"] for r in f["results"]]:
+                for ef in f["sweep"]:
+                    r = next(r for r in f[f"ef {ef}"] if r["bucket"] == label)
+                    lines.append(f"| {label} | {ef} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | {r['recall']:.3f} | {r['plan']} |")
         lines += ["", "| fact | value |", "|---|---|"]
         for k, v in self.facts.items():
             if k != "sizes":
@@ -327,6 +347,8 @@ class Bench:
                 self.phase(f"{form}: searches by user size", self.measure)
                 if not self.args.smoke:
                     self.phase(f"{form}: the same searches again (warm)", self.measure, "warm")
+                for ef in [int(v) for v in self.args.ef_search.split(",") if v]:
+                    self.phase(f"{form}: HNSW_EF_SEARCH={ef}", self.sweep, ef)
                 self.phase(f"{form}: stop, drop the index", self.drop_index)
             self.report()
         finally:
@@ -349,6 +371,8 @@ def main():
     ap.add_argument("--parallel-workers", type=int, default=1)
     ap.add_argument("--vector-index", default="vector,halfvec,bit",
                     help="the forms of the index to measure, in turn (VECTOR_INDEX values, comma-separated)")
+    ap.add_argument("--ef-search", default="",
+                    help="after the warm pass, the searches again with the service's HNSW_EF_SEARCH at each of these (e.g. 100,200,400)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the database")
     args = ap.parse_args()
