@@ -6,7 +6,8 @@
 //! GELU, and over the `[batch, heads, tokens, tokens]` attention scores the
 //! scaling, the mask and a softmax of five passes), every step allocates its
 //! result, and attention's small batched matmuls (K = 32) run at a sixth of
-//! the rate of the large ones. Here, with candle only to read the weights:
+//! the rate of the large ones. Here, with the weights read by
+//! [`super::weights`] and candle only for the model's config:
 //! - every dense layer is one call of the gemm crate (candle's own matmul)
 //!   over all the batch's token rows, accumulating onto its bias (and, where
 //!   one follows, the residual) written first into the output; over a few
