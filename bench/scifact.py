@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from apibench.procs import Api, Proc, free_port, wait_http  # noqa: E402
+from apibench.procs import Api, Proc, free_port, scrape_metrics, wait_http  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # SCIFACT_DIR, else ../shared/datasets/scifact beside the checkout, else the
@@ -210,15 +210,10 @@ class Bench:
             self.searchable_after = (answered, time.monotonic() - t0)
             log(f"batch requests answered after {answered:.0f} s; searchable after {self.searchable_after[1]:.0f} s")
             # The tokens the model ran, and how many of them were padding.
-            status, raw = api.call("GET", "/metrics")
-            assert status == 200, status
-            tokens = {}
-            for line in raw.decode().splitlines():
-                if line.startswith("embedding_tokens_total{"):
-                    kind = line.split('kind="', 1)[1].split('"', 1)[0]
-                    tokens[kind] = float(line.rsplit(" ", 1)[1])
-            if tokens:
-                self.tokens = (tokens.get("text", 0.0), tokens.get("padding", 0.0))
+            metrics = scrape_metrics(api)
+            tokens = [metrics.get(f'embedding_tokens_total{{kind="{k}"}}') for k in ("text", "padding")]
+            if tokens[0] is not None:
+                self.tokens = (tokens[0], tokens[1] or 0.0)
                 log(f"tokens run: {self.tokens[0]:.0f} of text, {self.tokens[1]:.0f} of padding")
         pending = self.sql("SELECT count(*) FROM contexts WHERE embedding_status <> 'ready'", self.db_url)
         if pending != "0":

@@ -256,16 +256,8 @@ impl Contexts {
             }
         };
         let filled = claim.rows.iter().map(|r| r.id).zip(vectors).collect();
-        let model = embedder.model().await.ok();
-        let updated = self
-            .store
-            .fill_embeddings(claim.token, filled, model.as_deref())
-            .await?;
-        for ctx in &updated {
-            self.cache.put_context(ctx).await;
-        }
-        metrics::counter!("embeddings_filled_total").increment(updated.len() as u64);
-        tracing::info!(count = updated.len(), "filled pending embeddings");
+        let count = fill(&self.store, &self.cache, &embedder, claim.token, filled).await?;
+        tracing::info!(count, "filled pending embeddings");
         Ok(claim.rows.len())
     }
 
@@ -511,16 +503,20 @@ impl Contexts {
     /// worker at once if it fails). A row changed meanwhile loses the claim
     /// and keeps its newer state.
     async fn hand_over(&self, h: Handover, stored: &[Option<Context>]) {
-        let ids: Vec<ContextId> = h
+        // Each row stored pending, by its vector's place in the call's answer.
+        let place: std::collections::HashMap<ContextId, usize> = h
             .items
             .iter()
-            .filter_map(|&i| stored.get(i)?.as_ref())
-            .filter(|c| c.embedding_status == crate::domain::EmbeddingStatus::Pending)
-            .map(|c| c.id)
+            .enumerate()
+            .filter_map(|(k, &i)| {
+                let c = stored.get(i)?.as_ref()?;
+                (c.embedding_status == crate::domain::EmbeddingStatus::Pending).then_some((c.id, k))
+            })
             .collect();
-        if ids.is_empty() {
+        if place.is_empty() {
             return;
         }
+        let ids: Vec<ContextId> = place.keys().copied().collect();
         let (token, claimed) = match self.store.claim_rows(&ids, HANDOVER_LEASE).await {
             Ok(c) => c,
             Err(e) => {
@@ -529,12 +525,6 @@ impl Contexts {
             }
         };
         let (store, cache) = (self.store.clone(), self.cache.clone());
-        let order: std::collections::HashMap<ContextId, usize> = h
-            .items
-            .iter()
-            .enumerate()
-            .filter_map(|(k, &i)| Some((stored.get(i)?.as_ref()?.id, k)))
-            .collect();
         tokio::spawn(async move {
             let result = h
                 .call
@@ -544,7 +534,7 @@ impl Contexts {
             let filled: Vec<(ContextId, Vec<f32>)> = claimed
                 .iter()
                 .filter_map(|id| {
-                    let v = vectors.get(*order.get(id)?)?.clone()?;
+                    let v = vectors.get(*place.get(id)?)?.clone()?;
                     Some((*id, v.into_vec()))
                 })
                 .collect();
@@ -557,15 +547,8 @@ impl Contexts {
                     return;
                 }
             }
-            let model = h.embedder.model().await.ok();
-            match store.fill_embeddings(token, filled, model.as_deref()).await {
-                Ok(updated) => {
-                    for ctx in &updated {
-                        cache.put_context(ctx).await;
-                    }
-                    metrics::counter!("embeddings_filled_total").increment(updated.len() as u64);
-                    tracing::info!(count = updated.len(), "stored a batch's late embeddings");
-                }
+            match fill(&store, &cache, &h.embedder, token, filled).await {
+                Ok(count) => tracing::info!(count, "stored a batch's late embeddings"),
                 Err(e) => {
                     tracing::warn!(error = %e, "a batch's late embeddings were not stored: the worker makes them")
                 }
@@ -910,6 +893,27 @@ impl Contexts {
             self.pending.notify_one();
         }
     }
+}
+
+/// Stores the vectors of the rows `token` claims (see
+/// [`Store::fill_embeddings`]), recorded as `embedder`'s, and puts the
+/// updated contexts in the cache. Returns how many were stored.
+async fn fill(
+    store: &Store,
+    cache: &Cache,
+    embedder: &Embedder,
+    token: uuid::Uuid,
+    filled: Vec<(ContextId, Vec<f32>)>,
+) -> Result<usize, StoreError> {
+    let model = embedder.model().await.ok();
+    let updated = store
+        .fill_embeddings(token, filled, model.as_deref())
+        .await?;
+    for ctx in &updated {
+        cache.put_context(ctx).await;
+    }
+    metrics::counter!("embeddings_filled_total").increment(updated.len() as u64);
+    Ok(updated.len())
 }
 
 /// The `n` vectors of an embedding call, each checked against the dimension;

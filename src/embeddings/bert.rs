@@ -430,7 +430,7 @@ mod few_rows {
 
     /// `y += x · Wᵀ` over `rows` rows (see [`Dense::accumulate`]).
     pub fn accumulate(x: &[f32], rows: usize, d: &Dense, y: &mut [f32]) {
-        accumulate_with(x, rows, d, y, avx2_fma());
+        accumulate_with(x, rows, d, y, super::simd::avx2());
     }
 
     /// With the AVX2 kernel or (`avx` false) the plain loop.
@@ -463,16 +463,6 @@ mod few_rows {
                 }
             }
         });
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    pub(super) fn avx2_fma() -> bool {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    pub(super) fn avx2_fma() -> bool {
-        false
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -734,7 +724,7 @@ mod tests {
                 );
             }
             let mut ways = vec![("plain", false)];
-            if few_rows::avx2_fma() {
+            if simd::avx2() {
                 ways.push(("avx2", true));
             }
             for (way, avx) in ways {

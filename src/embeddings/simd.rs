@@ -8,8 +8,9 @@
 //! Stegun 7.1.26), to within a few units in the last place of the scalar
 //! ones; the tests compare both.
 
-/// Whether the AVX2 forms run: checked once (the standard library caches it).
-fn avx2() -> bool {
+/// Whether the AVX2 and FMA forms run, here and in the encoder's few-rows
+/// kernel: checked once (the standard library caches it).
+pub fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")

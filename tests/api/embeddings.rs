@@ -22,6 +22,38 @@ async fn wait_ready(app: &TestApp, id: &str) {
     .await;
 }
 
+/// Creates one context of type "t" per text, for alice, in one batch; the
+/// answer's body.
+async fn post_texts(app: &TestApp, texts: &[String]) -> Value {
+    let items: Vec<Value> = texts
+        .iter()
+        .map(|t| json!({"user_id": app.alice.id, "context_type": "t", "content": {"text": t}}))
+        .collect();
+    let resp = app
+        .req(Method::POST, "/contexts/batch")
+        .json(&json!({ "items": items }))
+        .sent()
+        .await;
+    let status = resp.status();
+    let body = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until no row of the app's database is pending.
+async fn wait_none_pending(app: &TestApp, within: Duration) {
+    let pool = app.db.pool().await;
+    eventually(within, || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM contexts WHERE embedding_status = 'pending'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (n == 0).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn writes_succeed_pending_while_tei_is_down_and_are_filled_when_it_returns() {
     let app = spawn_app().await;
@@ -113,16 +145,7 @@ async fn two_replicas_share_the_backlog_and_never_embed_a_row_twice() {
     a.tei.set_down(true);
     b_tei.set_down(true);
     let texts: Vec<String> = (0..160).map(|i| format!("replica row {i}")).collect();
-    let items: Vec<Value> = texts
-        .iter()
-        .map(|t| json!({"user_id": a.alice.id, "context_type": "t", "content": {"text": t}}))
-        .collect();
-    let resp = a
-        .req(Method::POST, "/contexts/batch")
-        .json(&json!({"items": items}))
-        .sent()
-        .await;
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    post_texts(&a, &texts).await;
     let b = a.sibling_with_tei(b_tei.clone()).await;
     // Slow answers: five batches of 32 take one worker over a second, so the
     // other wakes while rows are left and claims its share.
@@ -130,16 +153,7 @@ async fn two_replicas_share_the_backlog_and_never_embed_a_row_twice() {
         tei.set_delay(Duration::from_millis(300));
         tei.set_down(false);
     }
-    let pool = a.db.pool().await;
-    eventually(Duration::from_secs(30), || async {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM contexts WHERE embedding_status = 'pending'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        (n == 0).then_some(())
-    })
-    .await;
+    wait_none_pending(&a, Duration::from_secs(30)).await;
     let (by_a, by_b) = (a.tei.inputs(), b_tei.inputs());
     let mut seen: HashMap<String, usize> = HashMap::new();
     for input in by_a.iter().chain(&by_b) {
@@ -369,28 +383,9 @@ async fn a_batch_embedding_past_the_inline_wait_is_kept_and_not_made_twice() {
     app.wait_embeddings_ok(Duration::from_secs(10)).await;
     app.tei.set_delay(Duration::from_millis(200));
     let texts: Vec<String> = (0..12).map(|i| format!("late row {i}")).collect();
-    let items: Vec<Value> = texts
-        .iter()
-        .map(|t| json!({"user_id": app.alice.id, "context_type": "t", "content": {"text": t}}))
-        .collect();
-    let resp = app
-        .req(Method::POST, "/contexts/batch")
-        .json(&json!({ "items": items }))
-        .sent()
-        .await;
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
+    let body = post_texts(&app, &texts).await;
     assert_eq!(body["pending"], json!(12), "{body}");
-    let pool = app.db.pool().await;
-    eventually(Duration::from_secs(20), || async {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM contexts WHERE embedding_status = 'pending'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        (n == 0).then_some(())
-    })
-    .await;
+    wait_none_pending(&app, Duration::from_secs(20)).await;
     // The worker polls every 100 ms: it had time to take the rows, had they
     // not been held.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -409,7 +404,7 @@ async fn a_batch_embedding_past_the_inline_wait_is_kept_and_not_made_twice() {
     let ready: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM contexts WHERE embedding_status = 'ready' AND embedding_claim IS NULL",
     )
-    .fetch_one(&pool)
+    .fetch_one(&app.db.pool().await)
     .await
     .unwrap();
     assert_eq!(ready, 12);
