@@ -52,6 +52,8 @@ pub struct Contexts {
     inline_embed_timeout: Duration,
     /// Batches' embeddings still running past the inline wait (see [`Handover`]).
     handovers: Arc<Semaphore>,
+    /// The claims those hold on their rows, given back at shutdown.
+    held: Arc<std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>>,
     /// How hybrid search fuses its two rankings.
     fusion: Fusion,
 }
@@ -122,6 +124,7 @@ impl Contexts {
             pending: Arc::new(Notify::new()),
             inline_embed_timeout,
             handovers: Arc::new(Semaphore::new(HANDOVERS)),
+            held: Arc::default(),
             fusion,
         }
     }
@@ -524,36 +527,53 @@ impl Contexts {
                 return;
             }
         };
-        let (store, cache) = (self.store.clone(), self.cache.clone());
+        let (store, cache, held) = (self.store.clone(), self.cache.clone(), self.held.clone());
+        held.lock().expect("held claims").insert(token);
         tokio::spawn(async move {
-            let result = h
-                .call
-                .await
-                .unwrap_or_else(|e| Err(EmbedError::Unavailable(format!("embedding task: {e}"))));
-            let vectors = checked_vectors(&h.embedder, h.items.len(), result);
-            let filled: Vec<(ContextId, Vec<f32>)> = claimed
-                .iter()
-                .filter_map(|id| {
-                    let v = vectors.get(*place.get(id)?)?.clone()?;
-                    Some((*id, v.into_vec()))
-                })
-                .collect();
-            if filled.len() < claimed.len() {
-                // Some or all vectors are missing: the worker makes them now.
-                if let Err(e) = store.release_claim(token).await {
-                    tracing::warn!(error = %e, "could not release a claim: it lapses with its lease");
+            let stored = async {
+                let result = h.call.await.unwrap_or_else(|e| {
+                    Err(EmbedError::Unavailable(format!("embedding task: {e}")))
+                });
+                let vectors = checked_vectors(&h.embedder, h.items.len(), result);
+                let filled: Vec<(ContextId, Vec<f32>)> = claimed
+                    .iter()
+                    .filter_map(|id| {
+                        let v = vectors.get(*place.get(id)?)?.clone()?;
+                        Some((*id, v.into_vec()))
+                    })
+                    .collect();
+                if filled.len() < claimed.len() {
+                    // Some or all vectors are missing: the worker makes them now.
+                    if let Err(e) = store.release_claim(token).await {
+                        tracing::warn!(error = %e, "could not release a claim: it lapses with its lease");
+                    }
+                    if filled.is_empty() {
+                        return;
+                    }
                 }
-                if filled.is_empty() {
-                    return;
+                match fill(&store, &cache, &h.embedder, token, filled).await {
+                    Ok(count) => tracing::info!(count, "stored a batch's late embeddings"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a batch's late embeddings were not stored: the worker makes them")
+                    }
                 }
-            }
-            match fill(&store, &cache, &h.embedder, token, filled).await {
-                Ok(count) => tracing::info!(count, "stored a batch's late embeddings"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "a batch's late embeddings were not stored: the worker makes them")
-                }
-            }
+            };
+            stored.await;
+            held.lock().expect("held claims").remove(&token);
         });
+    }
+
+    /// Gives back the claims of batches' embeddings still running, at
+    /// shutdown: their rows go to the next worker at once, not after the
+    /// claims' lease (a call that ends meanwhile finds its rows released
+    /// and stores nothing).
+    pub async fn release_handovers(&self) {
+        let tokens: Vec<uuid::Uuid> = self.held.lock().expect("held claims").drain().collect();
+        for token in tokens {
+            if let Err(e) = self.store.release_claim(token).await {
+                tracing::warn!(error = %e, "could not release a claim: it lapses with its lease");
+            }
+        }
     }
 
     pub async fn get(

@@ -301,6 +301,7 @@ impl App {
         if joined.is_err() {
             tracing::warn!("background workers did not stop in time");
         }
+        contexts.release_handovers().await;
         contexts.store().close().await;
         tracing::info!("shutdown complete");
         served

@@ -409,3 +409,30 @@ async fn a_batch_embedding_past_the_inline_wait_is_kept_and_not_made_twice() {
     .unwrap();
     assert_eq!(ready, 12);
 }
+
+/// A replica that stops while a batch's embedding is still running gives its
+/// rows back: the next worker takes them at once, not after the claim's
+/// 2-minute lease.
+#[tokio::test]
+async fn a_stopping_replica_gives_back_the_rows_of_a_batch_embedding_still_running() {
+    let mut app = spawn_app_with(Options {
+        tei_max_batch: 4,
+        ..Options::default().set("embedding_timeout_ms", 500)
+    })
+    .await;
+    // Five calls of 4 texts, 400 ms each: the inline wait ends during the
+    // second, and the rest runs on for about 1.5 s.
+    app.wait_embeddings_ok(Duration::from_secs(10)).await;
+    app.tei.set_delay(Duration::from_millis(400));
+    let texts: Vec<String> = (0..20).map(|i| format!("stopping row {i}")).collect();
+    let body = post_texts(&app, &texts).await;
+    assert_eq!(body["pending"], json!(20), "{body}");
+    app.stop().await;
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM contexts WHERE embedding_status = 'pending' AND embedding_claim IS NOT NULL",
+    )
+    .fetch_one(&app.db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(held, 0, "rows still claimed after the replica stopped");
+}
