@@ -147,14 +147,18 @@ class Bench:
         }[form]
         settings = {"maintenance_work_mem": self.args.maintenance_work_mem,
                     "max_parallel_maintenance_workers": str(self.args.parallel_workers)}
+        m, efc = self.args.hnsw_m, self.args.hnsw_ef_construction
         with psycopg.connect(self.db_url, autocommit=True) as conn:
             for k, v in settings.items():
                 conn.execute(f"SET {k} = '{v}'")
             t0 = time.monotonic()
-            conn.execute(f"CREATE INDEX contexts_embedding_hnsw_idx ON contexts USING hnsw ({expression})")
+            conn.execute(f"CREATE INDEX contexts_embedding_hnsw_idx ON contexts USING hnsw ({expression}) "
+                         f"WITH (m = {m}, ef_construction = {efc})")
             took = time.monotonic() - t0
-            conn.execute("UPDATE embedding_state SET vector_index = %s", (form,))
+            conn.execute("UPDATE embedding_state SET vector_index = %s, hnsw_m = %s, hnsw_ef_construction = %s",
+                         (form, m, efc))
         self.facts["HNSW build settings"] = ", ".join(f"{k} = {v}" for k, v in settings.items())
+        self.facts["HNSW graph (HNSW_M, HNSW_EF_CONSTRUCTION)"] = f"m = {m}, ef_construction = {efc}"
         self.form["build"] = took
 
     def sizes(self):
@@ -246,6 +250,37 @@ class Bench:
                 if row["recall"] < floor:
                     self.failures.append(f"{form}, {label}: recall@10 {row['recall']:.3f} under {floor}")
 
+    def text_modes(self):
+        """Text and hybrid searches by user size (warm): a selective query (a row's
+        number, one row in the table) and a broad one (words every seeded row holds,
+        so that every row of the scope is a BM25 candidate). p50 and p99 only: the
+        seeded texts are alike, so a ranking has no truth to be measured against."""
+        n = min(20, self.args.queries)
+        self.sql("SELECT setseed(0.7)")
+        numbers = [str(r[0]) for r in self.sql(
+            f"SELECT (content->>'text') FROM contexts ORDER BY random() LIMIT {n}")]
+        numbers = [t.split(":")[0].split()[-1] for t in numbers]
+        self.form["text"] = []
+        for label, users in self.bucket_list:
+            for mode in ("text", "hybrid"):
+                for kind, texts in (("selective", numbers), ("broad", ["user preference"] * n)):
+                    lat = []
+                    for i, text in enumerate(texts):
+                        user = users[i % len(users)][0]
+                        body = {"query": text, "mode": mode, "k": 10}
+                        if user:
+                            body["user_id"] = user
+                        t0 = time.perf_counter()
+                        status, got = self.api.json("POST", "/contexts/search", body)
+                        lat.append((time.perf_counter() - t0) * 1000)
+                        if status != 200:
+                            self.failures.append(f"{label}, {mode} {kind}: search answered {status}: {got}")
+                    lat.sort()
+                    row = {"bucket": label, "mode": mode, "kind": kind, "p50": statistics.median(lat),
+                           "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))]}
+                    self.form["text"].append(row)
+                    log(f"  {self.form['name']}, {label}, {mode} {kind}: p50 {row['p50']:.1f} ms, p99 {row['p99']:.1f} ms")
+
     def sweep(self, ef):
         """The warm searches again with the service's HNSW_EF_SEARCH at `ef`."""
         self.procs.pop().stop()
@@ -316,6 +351,17 @@ class Bench:
                 for ef in f["sweep"]:
                     r = next(r for r in f[f"ef {ef}"] if r["bucket"] == label)
                     lines.append(f"| {label} | {ef} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | {r['recall']:.3f} | {r['plan']} |")
+        for f in self.forms:
+            if not f.get("text"):
+                continue
+            lines += ["", f"## `{f['name']}`: text and hybrid searches (warm)", "",
+                      "A selective query: a row's number, held by one row of the table (and usually by none",
+                      "of the user's). A broad one: `user preference`, words every seeded row holds, so",
+                      "that every row in the scope is a BM25 candidate. Hybrid adds the vector ranking.",
+                      f"{min(20, self.args.queries)} searches each, one connection.", "",
+                      "| search | mode | query | p50 | p99 |", "|---|---|---|--:|--:|"]
+            for r in f["text"]:
+                lines.append(f"| {r['bucket']} | {r['mode']} | {r['kind']} | {r['p50']:.1f} ms | {r['p99']:.1f} ms |")
         lines += ["", "| fact | value |", "|---|---|"]
         for k, v in self.facts.items():
             if k != "sizes":
@@ -347,6 +393,8 @@ class Bench:
                 self.phase(f"{form}: searches by user size", self.measure)
                 if not self.args.smoke:
                     self.phase(f"{form}: the same searches again (warm)", self.measure, "warm")
+                if self.args.text_modes:
+                    self.phase(f"{form}: text and hybrid searches", self.text_modes)
                 for ef in [int(v) for v in self.args.ef_search.split(",") if v]:
                     self.phase(f"{form}: HNSW_EF_SEARCH={ef}", self.sweep, ef)
                 self.phase(f"{form}: stop, drop the index", self.drop_index)
@@ -373,11 +421,17 @@ def main():
                     help="the forms of the index to measure, in turn (VECTOR_INDEX values, comma-separated)")
     ap.add_argument("--ef-search", default="",
                     help="after the warm pass, the searches again with the service's HNSW_EF_SEARCH at each of these (e.g. 100,200,400)")
+    ap.add_argument("--hnsw-m", type=int, default=24, help="the graph's m (HNSW_M; the service's default)")
+    ap.add_argument("--hnsw-ef-construction", type=int, default=128,
+                    help="the graph's ef_construction (HNSW_EF_CONSTRUCTION; the service's default)")
+    ap.add_argument("--text-modes", action="store_true",
+                    help="after the warm pass, text and hybrid searches by user size")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the database")
     args = ap.parse_args()
     if args.smoke:
         args.rows, args.users, args.queries, args.maintenance_work_mem = 12_000, 20, 20, "256MB"
+        args.text_modes = True
     sys.exit(Bench(args).run())
 
 

@@ -117,6 +117,10 @@ settings! {
     text_search_config: String = "english".into();
     /// form of the HNSW index: `halfvec` (half the size of `vector`), `vector`, or `bit` (binary quantization, a tenth of the size, re-ranked by the exact distance; see Scaling for its recall); `migrate` builds a new one beside the old and switches; unset: a database keeps its index, a new one gets `halfvec`
     vector_index: Option<String> = None;
+    /// HNSW graph: neighbours kept per element (pgvector's `m`), 2 to 100; more finds more of the true nearest on hard data, for a longer build and (below 768-d `halfvec`) a larger index; `migrate` rebuilds the index beside the old one when it changes; unset: a database keeps its graph, a new one gets 24 (see Scaling)
+    hnsw_m: Option<u16> = None;
+    /// HNSW graph: the candidate list of each insertion (pgvector's `ef_construction`), 4 to 1000 and at least twice `HNSW_M`; unset: a database keeps its graph, a new one gets 128 (see Scaling)
+    hnsw_ef_construction: Option<u16> = None;
     /// vector search: the HNSW candidate list (`hnsw.ef_search`), at least twice the results asked for (for a `bit` index, twice its candidates), 40 to 1000; higher finds more of the true nearest, at some cost (see Scaling)
     hnsw_ef_search: u32 = crate::store::DEFAULT_EF_SEARCH as u32;
     /// hybrid search: k of reciprocal rank fusion (a result's score is the sum of `weight / (k + rank)`)

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::auth::{ApiKeys, KeyParseError};
 use crate::domain::Fusion;
-use crate::store::{Schema, VectorIndex};
+use crate::store::{HnswGraph, Schema, VectorIndex};
 use declared::Raw;
 
 /// `EMBEDDING_DIM` when it is not set (the committed OpenAPI document's).
@@ -135,6 +135,8 @@ pub struct SearchSettings {
     pub vector_index: Option<VectorIndex>,
     /// HNSW_EF_SEARCH: the least HNSW candidate list of a vector search.
     pub ef_search: i64,
+    /// HNSW_M and HNSW_EF_CONSTRUCTION, for `serve --migrate`.
+    pub hnsw_graph: (Option<u16>, Option<u16>),
 }
 
 #[derive(Debug, Clone)]
@@ -268,6 +270,8 @@ impl Settings {
             dim: self.embeddings.dim,
             text_search_config: self.search.text_search_config.clone(),
             vector_index: self.search.vector_index,
+            hnsw_m: self.search.hnsw_graph.0,
+            hnsw_ef_construction: self.search.hnsw_graph.1,
         }
     }
 
@@ -481,7 +485,26 @@ fn schema(raw: &Raw) -> Result<Schema, ConfigError> {
         dim: embedding_dim(raw)?,
         text_search_config: text_search_config(raw)?,
         vector_index: vector_index(raw)?,
+        hnsw_m: hnsw_graph(raw)?.0,
+        hnsw_ef_construction: hnsw_graph(raw)?.1,
     })
+}
+
+/// HNSW_M and HNSW_EF_CONSTRUCTION, each in pgvector's range; when both are
+/// given, checked together (the build checks one against a database's other).
+fn hnsw_graph(raw: &Raw) -> Result<(Option<u16>, Option<u16>), ConfigError> {
+    let (m, ef) = (raw.hnsw_m, raw.hnsw_ef_construction);
+    let checked = HnswGraph::new(
+        m.unwrap_or(HnswGraph::PGVECTOR.m),
+        ef.unwrap_or(
+            HnswGraph::PGVECTOR
+                .ef_construction
+                .max(m.unwrap_or(0).saturating_mul(2)),
+        ),
+    );
+    // The message names the variable.
+    checked.map_err(ConfigError)?;
+    Ok((m, ef))
 }
 
 fn vector_index(raw: &Raw) -> Result<Option<VectorIndex>, ConfigError> {
@@ -550,6 +573,7 @@ impl SearchSettings {
             text_search_config: text_search_config(raw)?,
             vector_index: vector_index(raw)?,
             ef_search: i64::from(raw.hnsw_ef_search),
+            hnsw_graph: hnsw_graph(raw)?,
             fusion: Fusion {
                 k: finite_positive("HYBRID_RRF_K", raw.hybrid_rrf_k)?,
                 vector_weight: finite_positive("HYBRID_VECTOR_WEIGHT", raw.hybrid_vector_weight)?,
@@ -795,6 +819,29 @@ mod tests {
             assert!(e.contains("VECTOR_INDEX") && e.contains("3072"), "{e}");
             jail.set_env("VECTOR_INDEX", "halfvec");
             assert!(load().is_ok());
+            assert_eq!(
+                load().unwrap().schema().hnsw_m,
+                None,
+                "unset: the database's own"
+            );
+            jail.set_env("HNSW_M", "32");
+            jail.set_env("HNSW_EF_CONSTRUCTION", "200");
+            let schema = load().unwrap().schema();
+            assert_eq!(
+                (schema.hnsw_m, schema.hnsw_ef_construction),
+                (Some(32), Some(200))
+            );
+            for (m, ef, named) in [
+                ("1", "200", "HNSW_M"),
+                ("101", "1000", "HNSW_M"),
+                ("32", "1001", "HNSW_EF_CONSTRUCTION"),
+                ("32", "63", "HNSW_EF_CONSTRUCTION"),
+            ] {
+                jail.set_env("HNSW_M", m);
+                jail.set_env("HNSW_EF_CONSTRUCTION", ef);
+                let e = load().unwrap_err().to_string();
+                assert!(e.contains(&format!("error: {named}")), "{m} {ef}: {e}");
+            }
             Ok(())
         });
     }

@@ -10,7 +10,10 @@ use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, Migrator};
 use sqlx::PgPool;
 
-use super::vector_index::{ensure_vector_index, switch_vector_index, SwitchError, VectorIndex};
+use super::vector_index::{
+    ensure_vector_index, recorded, switch_vector_index, HnswGraph, IndexSpec, SwitchError,
+    VectorIndex,
+};
 
 static TEMPLATES: Migrator = sqlx::migrate!("./migrations");
 
@@ -48,6 +51,11 @@ pub struct Schema {
     /// VECTOR_INDEX: the form of the HNSW index. `None` keeps the one a
     /// database has; a new database gets the default.
     pub vector_index: Option<VectorIndex>,
+    /// HNSW_M and HNSW_EF_CONSTRUCTION: the density of its graph (checked
+    /// together when the index is built). `None` keeps a database's; a new
+    /// database gets [`HnswGraph::default`].
+    pub hnsw_m: Option<u16>,
+    pub hnsw_ef_construction: Option<u16>,
 }
 
 /// Applies the pending migrations. A database that records the values its
@@ -55,18 +63,32 @@ pub struct Schema {
 /// after `context-api reembed` its vectors may have another dimension than
 /// the one its first migration was built with, and that one must not change.
 ///
-/// Then the HNSW index takes the form VECTOR_INDEX asks for, or the default
-/// in a new database (see [`switch_vector_index`]), and is built if an
-/// interrupted bulk import left it missing.
+/// Then the HNSW index takes the form and graph VECTOR_INDEX, HNSW_M and
+/// HNSW_EF_CONSTRUCTION ask for, a database's own where unset, or the
+/// defaults in a new database (see [`switch_vector_index`]), and is built
+/// if an interrupted bulk import left it missing.
 pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<(), MigrateError> {
     let fresh: bool = sqlx::query_scalar("SELECT to_regclass('contexts') IS NULL")
         .fetch_one(pool)
         .await?;
-    let vector_index = schema.vector_index.or(fresh.then(VectorIndex::default));
     apply(pool, schema).await?;
-    if let Some(to) = vector_index {
-        switch_vector_index(pool, to).await?;
-    }
+    let had = if fresh {
+        IndexSpec::default()
+    } else {
+        recorded(pool).await?
+    };
+    let graph = HnswGraph::new(
+        schema.hnsw_m.unwrap_or(had.graph.m),
+        schema
+            .hnsw_ef_construction
+            .unwrap_or(had.graph.ef_construction),
+    )
+    .map_err(SwitchError::Graph)?;
+    let to = IndexSpec {
+        form: schema.vector_index.unwrap_or(had.form),
+        graph,
+    };
+    switch_vector_index(pool, to).await?;
     // An index dropped by a bulk import that did not finish.
     ensure_vector_index(pool, None).await?;
     Ok(())
@@ -116,5 +138,7 @@ async fn origin(pool: &PgPool) -> Result<Option<Schema>, sqlx::Error> {
         dim: dim as usize,
         text_search_config,
         vector_index: None,
+        hnsw_m: None,
+        hnsw_ef_construction: None,
     }))
 }

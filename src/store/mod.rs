@@ -19,8 +19,8 @@ pub use replicas::{ReplicaState, CHECK_INTERVAL as REPLICA_CHECK_INTERVAL};
 pub use tenants::{VectorPlan, VectorScan};
 pub use transfer::{Restored, Stored};
 pub use vector_index::{
-    drop_vector_index, ensure_vector_index, has_vector_index, switch_vector_index, SwitchError,
-    VectorIndex, BIT_RERANK,
+    drop_vector_index, ensure_vector_index, has_vector_index, switch_vector_index, HnswGraph,
+    IndexSpec, SwitchError, VectorIndex, BIT_RERANK,
 };
 mod migrate;
 

@@ -13,7 +13,7 @@ use pgvector::Vector;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{Store, StoreError, VectorIndex};
+use super::{HnswGraph, IndexSpec, Store, StoreError, VectorIndex};
 use crate::domain::ContextId;
 
 /// What the database says of its vectors.
@@ -156,12 +156,22 @@ impl Store {
         sqlx::query("SET LOCAL client_min_messages = warning")
             .execute(&mut *tx)
             .await?;
-        let current: (Option<String>, Option<i32>) =
-            sqlx::query_as("SELECT target_model, target_dim FROM embedding_state FOR UPDATE")
-                .fetch_one(&mut *tx)
-                .await?;
+        let current: (Option<String>, Option<i32>, i32, i32) = sqlx::query_as(
+            "SELECT target_model, target_dim, hnsw_m, hnsw_ef_construction
+             FROM embedding_state FOR UPDATE",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let resuming =
             current.0.as_deref() == Some(&target.model) && current.1 == Some(target.dim as i32);
+        // The next index is built as the current one is (the table checks the graph's ranges).
+        let next_index = IndexSpec {
+            form: self.vector_index(),
+            graph: HnswGraph {
+                m: current.2 as u16,
+                ef_construction: current.3 as u16,
+            },
+        };
         if !resuming {
             for sql in [
                 "DROP TRIGGER IF EXISTS contexts_embedding_next_clear ON contexts",
@@ -179,10 +189,11 @@ impl Store {
                     target.dim
                 ),
                 format!("ALTER TABLE contexts ALTER COLUMN embedding_next SET STORAGE {storage}"),
-                format!(
-                    "CREATE INDEX contexts_embedding_next_hnsw_idx ON contexts USING hnsw ({})",
-                    self.vector_index()
-                        .index_expression("embedding_next", target.dim)
+                next_index.create_sql(
+                    "contexts_embedding_next_hnsw_idx",
+                    false,
+                    "embedding_next",
+                    target.dim,
                 ),
                 NEXT_TRIGGER.into(),
                 "CREATE TRIGGER contexts_embedding_next_clear BEFORE UPDATE OF embedding_text \

@@ -13,8 +13,11 @@
 //!   [`BIT_RERANK`] times the candidates, which are then re-ranked by the
 //!   exact distance.
 //!
-//! The choice is recorded in `embedding_state.vector_index` (migration 7)
-//! and read by every serving instance (at start and every
+//! The graph's density (`HNSW_M`, `HNSW_EF_CONSTRUCTION`: pgvector's `m` and
+//! `ef_construction`) is chosen with it: see [`HnswGraph`].
+//!
+//! The choice is recorded in `embedding_state` (migrations 7 and 9) and the
+//! form is read by every serving instance (at start and every
 //! [`super::tenants::REFRESH`]). `context-api migrate` switches it: the new
 //! index is built beside the old one (`CREATE INDEX CONCURRENTLY`: reads and
 //! writes go on), the two switch names and the recorded choice in one short
@@ -115,6 +118,93 @@ impl VectorIndex {
     }
 }
 
+/// The density of the HNSW graph: the neighbours each element keeps (`m`,
+/// twice that on the bottom layer) and the candidate list a build searches
+/// for them (`ef_construction`). On the suite's 768-d data at pgvector's
+/// defaults (16, 64) recall@10 stops near 0.93 at 300,000 rows whatever
+/// `ef_search`, and falls to 0.84 at a million: the graph, not the search,
+/// is the limit (bench/results/hnsw-graph-300000.md). The default here buys
+/// it back for about 1.7 times the build time, at the same index size for
+/// 768-d `halfvec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HnswGraph {
+    pub m: u16,
+    pub ef_construction: u16,
+}
+
+impl HnswGraph {
+    /// pgvector's own: what an index built before HNSW_M was a setting has.
+    pub const PGVECTOR: Self = Self {
+        m: 16,
+        ef_construction: 64,
+    };
+
+    /// Checked as pgvector checks them: m 2 to 100, ef_construction 4 to
+    /// 1,000 and at least twice m.
+    pub fn new(m: u16, ef_construction: u16) -> Result<Self, String> {
+        if !(2..=100).contains(&m) {
+            return Err(format!("HNSW_M must be between 2 and 100, got {m}"));
+        }
+        if !(4..=1000).contains(&ef_construction) {
+            return Err(format!(
+                "HNSW_EF_CONSTRUCTION must be between 4 and 1000, got {ef_construction}"
+            ));
+        }
+        if ef_construction < 2 * m {
+            return Err(format!(
+                "HNSW_EF_CONSTRUCTION ({ef_construction}) must be at least twice HNSW_M ({m})"
+            ));
+        }
+        Ok(Self { m, ef_construction })
+    }
+
+    /// The `WITH (...)` of `CREATE INDEX`: two numbers, nothing of input.
+    pub fn with_clause(self) -> String {
+        format!(
+            "WITH (m = {}, ef_construction = {})",
+            self.m, self.ef_construction
+        )
+    }
+}
+
+impl Default for HnswGraph {
+    fn default() -> Self {
+        Self {
+            m: 24,
+            ef_construction: 128,
+        }
+    }
+}
+
+/// What an index is built as: its form and its graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IndexSpec {
+    pub form: VectorIndex,
+    pub graph: HnswGraph,
+}
+
+impl IndexSpec {
+    /// `CREATE INDEX [CONCURRENTLY] name ON contexts USING hnsw (...) WITH (...)`
+    /// over `column` of `dim` dimensions.
+    pub fn create_sql(self, name: &str, concurrently: bool, column: &str, dim: usize) -> String {
+        format!(
+            "CREATE INDEX {}{name} ON contexts USING hnsw ({}) {}",
+            if concurrently { "CONCURRENTLY " } else { "" },
+            self.form.index_expression(column, dim),
+            self.graph.with_clause()
+        )
+    }
+
+    fn describe(self) -> String {
+        format!(
+            "{} (m {}, ef_construction {})",
+            self.form.as_str(),
+            self.graph.m,
+            self.graph.ef_construction
+        )
+    }
+}
+
 /// The recorded choice, shared by the store's clones.
 #[derive(Debug, Default)]
 pub(super) struct ActiveIndex(AtomicU8);
@@ -143,6 +233,8 @@ pub enum SwitchError {
     RebuildUnderWay,
     #[error("the database records an unknown vector index {0:?}")]
     Unknown(String),
+    #[error("{0}")]
+    Graph(String),
 }
 
 impl From<sqlx::Error> for SwitchError {
@@ -152,11 +244,17 @@ impl From<sqlx::Error> for SwitchError {
 }
 
 /// The choice recorded in the database.
-pub(super) async fn recorded(pool: &PgPool) -> Result<VectorIndex, SwitchError> {
-    let name: String = sqlx::query_scalar("SELECT vector_index FROM embedding_state")
-        .fetch_one(pool)
-        .await?;
-    VectorIndex::parse(&name).ok_or(SwitchError::Unknown(name))
+pub(super) async fn recorded<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+) -> Result<IndexSpec, SwitchError> {
+    let (name, m, ef_construction): (String, i32, i32) =
+        sqlx::query_as("SELECT vector_index, hnsw_m, hnsw_ef_construction FROM embedding_state")
+            .fetch_one(executor)
+            .await?;
+    let form = VectorIndex::parse(&name).ok_or(SwitchError::Unknown(name))?;
+    // The table's checks keep both in pgvector's ranges.
+    let graph = HnswGraph::new(m as u16, ef_construction as u16).map_err(SwitchError::Graph)?;
+    Ok(IndexSpec { form, graph })
 }
 
 impl Store {
@@ -169,9 +267,11 @@ impl Store {
         self.vector_index.set(index);
     }
 
-    /// [`switch_vector_index`], and this store searches in the new form at once.
+    /// [`switch_vector_index`] to the form `to` on the recorded graph, and
+    /// this store searches in the new form at once.
     pub async fn switch_vector_index(&self, to: VectorIndex) -> Result<bool, SwitchError> {
-        let switched = switch_vector_index(&self.pool, to).await?;
+        let graph = recorded(&self.pool).await?.graph;
+        let switched = switch_vector_index(&self.pool, IndexSpec { form: to, graph }).await?;
         self.set_vector_index(to);
         Ok(switched)
     }
@@ -192,44 +292,46 @@ async fn vectors(pool: &PgPool) -> Result<(usize, bool), SwitchError> {
     Ok((dim.max(0) as usize, rebuilding))
 }
 
-/// Records `form` as the index's.
+/// Records `spec` as the index's.
 async fn record<'e>(
     executor: impl sqlx::PgExecutor<'e>,
-    form: VectorIndex,
+    spec: IndexSpec,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE embedding_state SET vector_index = $1, updated_at = now()")
-        .bind(form.as_str())
-        .execute(executor)
-        .await?;
+    sqlx::query(
+        "UPDATE embedding_state
+         SET vector_index = $1, hnsw_m = $2, hnsw_ef_construction = $3, updated_at = now()",
+    )
+    .bind(spec.form.as_str())
+    .bind(i32::from(spec.graph.m))
+    .bind(i32::from(spec.graph.ef_construction))
+    .execute(executor)
+    .await?;
     Ok(())
 }
 
-/// Builds the index `name` in `form` on `conn`, without blocking reads or
+/// Builds the index `name` as `spec` on `conn`, without blocking reads or
 /// writes (`CONCURRENTLY`); one an interrupted build left is dropped first.
 async fn build(
     conn: &mut sqlx::PgConnection,
     name: &str,
-    form: VectorIndex,
+    spec: IndexSpec,
     dim: usize,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
         .execute(&mut *conn)
         .await?;
-    sqlx::query(&format!(
-        "CREATE INDEX CONCURRENTLY {name} ON contexts USING hnsw ({})",
-        form.index_expression("embedding", dim)
-    ))
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(&spec.create_sql(name, true, "embedding", dim))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
-/// Makes `to` the form of the HNSW index, if it is not already: builds it
+/// Makes `to` the form and graph of the HNSW index, if they are not already: builds it
 /// beside the current one, switches, then drops the old one (see the
 /// module's notes). Returns whether it switched. Resumable: an index left
 /// invalid by an interrupted build is dropped and built again.
-#[tracing::instrument(name = "store.switch_vector_index", skip(pool), fields(to = to.as_str()))]
-pub async fn switch_vector_index(pool: &PgPool, to: VectorIndex) -> Result<bool, SwitchError> {
+#[tracing::instrument(name = "store.switch_vector_index", skip(pool), fields(to = to.describe()))]
+pub async fn switch_vector_index(pool: &PgPool, to: IndexSpec) -> Result<bool, SwitchError> {
     let from = recorded(pool).await?;
     // An old index a switch did not get to drop.
     sqlx::query("DROP INDEX CONCURRENTLY IF EXISTS contexts_embedding_hnsw_old_idx")
@@ -242,11 +344,11 @@ pub async fn switch_vector_index(pool: &PgPool, to: VectorIndex) -> Result<bool,
     if rebuilding {
         return Err(SwitchError::RebuildUnderWay);
     }
-    if dim > to.max_dim() {
+    if dim > to.form.max_dim() {
         return Err(SwitchError::TooManyDimensions(
-            to.as_str(),
+            to.form.as_str(),
             dim,
-            to.max_dim(),
+            to.form.max_dim(),
         ));
     }
     let exists: bool =
@@ -261,8 +363,8 @@ pub async fn switch_vector_index(pool: &PgPool, to: VectorIndex) -> Result<bool,
     }
     let started = std::time::Instant::now();
     tracing::info!(
-        from = from.as_str(),
-        to = to.as_str(),
+        from = from.describe(),
+        to = to.describe(),
         "building the new vector index beside the old one"
     );
     build(
@@ -282,7 +384,7 @@ pub async fn switch_vector_index(pool: &PgPool, to: VectorIndex) -> Result<bool,
     record(&mut *tx, to).await?;
     tx.commit().await?;
     tracing::info!(
-        to = to.as_str(),
+        to = to.describe(),
         seconds = started.elapsed().as_secs_f64(),
         "switched the vector index"
     );
@@ -342,10 +444,10 @@ pub async fn ensure_vector_index(
     if has_vector_index(pool).await? {
         return Ok(false);
     }
-    let form = recorded(pool).await?;
+    let spec = recorded(pool).await?;
     let (dim, _) = vectors(pool).await?;
     let started = std::time::Instant::now();
-    tracing::info!(form = form.as_str(), "building the HNSW index");
+    tracing::info!(index = spec.describe(), "building the HNSW index");
     let mut conn = pool.acquire().await?;
     if let Some(mem) = maintenance_work_mem {
         sqlx::query("SELECT set_config('maintenance_work_mem', $1, false)")
@@ -353,14 +455,14 @@ pub async fn ensure_vector_index(
             .execute(&mut *conn)
             .await?;
     }
-    let built = build(&mut conn, "contexts_embedding_hnsw_idx", form, dim).await;
+    let built = build(&mut conn, "contexts_embedding_hnsw_idx", spec, dim).await;
     // The pooled connection goes back with the server's own setting.
     sqlx::query("RESET maintenance_work_mem")
         .execute(&mut *conn)
         .await?;
     built?;
     tracing::info!(
-        form = form.as_str(),
+        index = spec.describe(),
         seconds = started.elapsed().as_secs_f64(),
         "built the HNSW index"
     );

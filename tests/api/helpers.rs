@@ -61,6 +61,8 @@ pub fn schema(dim: usize) -> context_api::store::Schema {
         dim,
         text_search_config: "english".into(),
         vector_index: None,
+        hnsw_m: None,
+        hnsw_ef_construction: None,
     }
 }
 

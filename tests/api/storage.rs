@@ -39,16 +39,35 @@ async fn recorded(pool: &PgPool) -> String {
 
 /// `context-api migrate` on the app's database, with VECTOR_INDEX when given.
 async fn migrate(app: &TestApp, vector_index: Option<&str>) -> std::process::Output {
+    match vector_index {
+        Some(v) => migrate_with(app, &[("VECTOR_INDEX", v)]).await,
+        None => migrate_with(app, &[]).await,
+    }
+}
+
+/// `context-api migrate` on the app's database with these settings of the
+/// index (the others unset).
+async fn migrate_with(app: &TestApp, settings: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = binary();
     cmd.env("DATABASE_URL", &app.db.url)
         .env("EMBEDDING_DIM", DIM.to_string())
         .env("LOG_LEVEL", "info")
         .env_remove("VECTOR_INDEX")
+        .env_remove("HNSW_M")
+        .env_remove("HNSW_EF_CONSTRUCTION")
         .arg("migrate");
-    if let Some(v) = vector_index {
-        cmd.env("VECTOR_INDEX", v);
+    for (k, v) in settings {
+        cmd.env(k, v);
     }
     tokio::process::Command::from(cmd).output().await.unwrap()
+}
+
+/// The graph recorded for the index: (m, ef_construction).
+async fn recorded_graph(pool: &PgPool) -> (i32, i32) {
+    sqlx::query_as("SELECT hnsw_m, hnsw_ef_construction FROM embedding_state")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// What a command printed: the logs go to stdout, errors to stderr.
@@ -160,6 +179,78 @@ async fn migrate_switches_the_vector_index_beside_the_old_one_while_searches_go_
     );
     assert_eq!(failures.load(Ordering::SeqCst), 0, "of {searches} searches");
     assert_eq!(nearest(&app).await[0], before[0]);
+}
+
+/// The graph's density (HNSW_M, HNSW_EF_CONSTRUCTION): a new database gets
+/// the default; `migrate` rebuilds the index beside the old one when asked
+/// for another and keeps the form; unset, a database keeps its graph; values
+/// pgvector would refuse are refused by name, before anything is built.
+#[tokio::test]
+async fn migrate_rebuilds_the_hnsw_graph_when_asked_and_keeps_it_otherwise() {
+    let app = spawn_app().await;
+    let pool = app.db.pool().await;
+    let definition = index_definition(&pool).await;
+    assert!(
+        definition.contains("m='24'") && definition.contains("ef_construction='128'"),
+        "a new database gets the default graph: {definition}"
+    );
+    assert_eq!(recorded_graph(&pool).await, (24, 128));
+    for i in 0..20 {
+        app.create(
+            app.alice.id,
+            json!({"content": {"text": format!("memory number {i}")}}),
+        )
+        .await;
+    }
+    let before = nearest(&app).await;
+
+    let out = migrate_with(&app, &[("HNSW_M", "8"), ("HNSW_EF_CONSTRUCTION", "40")]).await;
+    let log = output(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("switched the vector index"), "{log}");
+    let definition = index_definition(&pool).await;
+    assert!(
+        definition.contains("m='8'")
+            && definition.contains("ef_construction='40'")
+            && definition.contains("halfvec_cosine_ops"),
+        "the new graph, the same form: {definition}"
+    );
+    assert_eq!(hnsw_indexes(&pool).await, ["contexts_embedding_hnsw_idx"]);
+    assert_eq!(recorded_graph(&pool).await, (8, 40));
+    assert_eq!(recorded(&pool).await, "halfvec");
+    assert_eq!(nearest(&app.sibling().await).await[0], before[0]);
+
+    // Unset: kept. One of the two: the other is the database's.
+    let out = migrate(&app, None).await;
+    assert!(out.status.success(), "{}", output(&out));
+    assert!(!output(&out).contains("switched the vector index"));
+    assert!(index_definition(&pool).await.contains("m='8'"));
+    let out = migrate_with(&app, &[("HNSW_EF_CONSTRUCTION", "64")]).await;
+    assert!(out.status.success(), "{}", output(&out));
+    assert_eq!(recorded_graph(&pool).await, (8, 64));
+    let definition = index_definition(&pool).await;
+    assert!(
+        definition.contains("m='8'") && definition.contains("ef_construction='64'"),
+        "{definition}"
+    );
+
+    // Refused by name: out of range, or ef_construction under twice m
+    // (with the database's ef_construction of 64).
+    for (settings, named) in [
+        (vec![("HNSW_M", "1")], "HNSW_M"),
+        (
+            vec![("HNSW_EF_CONSTRUCTION", "2000")],
+            "HNSW_EF_CONSTRUCTION",
+        ),
+        (vec![("HNSW_M", "48")], "HNSW_EF_CONSTRUCTION"),
+    ] {
+        let out = migrate_with(&app, &settings).await;
+        let log = output(&out);
+        assert!(!out.status.success(), "{settings:?}: {log}");
+        assert!(log.contains(named), "{settings:?}: {log}");
+    }
+    assert_eq!(recorded_graph(&pool).await, (8, 64), "nothing changed");
+    assert_eq!(hnsw_indexes(&pool).await, ["contexts_embedding_hnsw_idx"]);
 }
 
 /// A vector may hold values up to 1e15 in magnitude (and as small as 1e-15),

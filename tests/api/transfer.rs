@@ -196,6 +196,11 @@ async fn batches_written_at_once_write_every_line_once() {
     let lines = many_lines(&app, 300).await;
     let (_dir, file) = temp_file("many.ndjson", &lines.join("\n"));
     let db = TestDb::create(DIM).await;
+    // The graph this database's index was built with (as `migrate` records it).
+    sqlx::query("UPDATE embedding_state SET hnsw_m = 8, hnsw_ef_construction = 40")
+        .execute(&sqlx::PgPool::connect(&db.url).await.unwrap())
+        .await
+        .unwrap();
     let args = ["--batch-size", "7", "--jobs", "4"];
     let out = import(&app, &db.url, &file, &args).await;
     let said = String::from_utf8_lossy(&out.stderr);
@@ -232,6 +237,11 @@ async fn a_deferred_index_is_built_after_the_load_or_by_migrate() {
 
     let (_dir, file) = temp_file("many.ndjson", &lines.join("\n"));
     let db = TestDb::create(DIM).await;
+    // The graph this database's index was built with (as `migrate` records it).
+    sqlx::query("UPDATE embedding_state SET hnsw_m = 8, hnsw_ef_construction = 40")
+        .execute(&sqlx::PgPool::connect(&db.url).await.unwrap())
+        .await
+        .unwrap();
     let args = [
         "--batch-size",
         "9",
@@ -246,8 +256,10 @@ async fn a_deferred_index_is_built_after_the_load_or_by_migrate() {
     assert_eq!(count(&db).await, 100);
     let def = index(&db).await.expect("the index is built and valid");
     assert!(
-        def.contains("halfvec_cosine_ops"),
-        "in the database's form: {def}"
+        def.contains("halfvec_cosine_ops")
+            && def.contains("m='8'")
+            && def.contains("ef_construction='40'"),
+        "in the database's form and graph: {def}"
     );
 
     // Stopped by an invalid line: the index is missing until migrate builds it.
