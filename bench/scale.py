@@ -35,13 +35,16 @@ import json
 import os
 import statistics
 import subprocess
+import re
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from apibench import limits, wrk  # noqa: E402
 from apibench.procs import Api, Proc, free_port, scrape_metrics, wait_http  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -255,7 +258,8 @@ class Bench:
         number, one row in the table) and a broad one (words every seeded row holds,
         so that every row of the scope is a BM25 candidate). p50 and p99 only: the
         seeded texts are alike, so a ranking has no truth to be measured against."""
-        n = min(20, self.args.queries)
+        n = min(20 if not self.args.smoke else 5, self.args.queries)
+        broad = 5 if not self.args.smoke else 2  # one text, the same answer: a few tell its time
         self.sql("SELECT setseed(0.7)")
         numbers = [str(r[0]) for r in self.sql(
             f"SELECT (content->>'text') FROM contexts ORDER BY random() LIMIT {n}")]
@@ -263,7 +267,7 @@ class Bench:
         self.form["text"] = []
         for label, users in self.bucket_list:
             for mode in ("text", "hybrid"):
-                for kind, texts in (("selective", numbers), ("broad", ["user preference"] * n)):
+                for kind, texts in (("selective", numbers), ("broad", ["user preference"] * broad)):
                     lat = []
                     for i, text in enumerate(texts):
                         user = users[i % len(users)][0]
@@ -280,6 +284,91 @@ class Bench:
                            "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))]}
                     self.form["text"].append(row)
                     log(f"  {self.form['name']}, {label}, {mode} {kind}: p50 {row['p50']:.1f} ms, p99 {row['p99']:.1f} ms")
+
+    def side_by_side(self):
+        """The API against its own SQL in pgbench, with the same query vectors: for the
+        typical, ~1,000-row, largest users and all rows, the statement each of the warm
+        pass's searches sent (captured from the Postgres log with its parameters) is
+        replayed by pgbench (-M prepared, one script per search) at 1 and 32
+        connections; the API gets the same 50 bodies from wrk at 1 and 32. 15 s a run."""
+        pg_root = Path(os.path.realpath(REPO / ".services" / "pg"))
+        pg_log, pgbench = pg_root / "log" / "postgres.log", pg_root / "install" / "bin" / "pgbench"
+        u = urllib.parse.urlsplit(self.admin_url)
+        pg_args = ["-h", u.hostname or "127.0.0.1", "-p", str(u.port or 5432), "-U", u.username or "postgres"]
+        work = self.work / "side-by-side"
+        secs = 3 if self.args.smoke else 15
+        work.mkdir(exist_ok=True)
+        wanted = [b for b in self.bucket_list if b[0].split(" (")[0] in ("~10 rows", "~1,000 rows", "the 5 largest",
+                                                                       "all rows")]
+        self.form["side"] = []
+        # The new backends of a service started now log every statement with its parameters.
+        self.sql(f"ALTER DATABASE {self.db} SET log_min_duration_statement = 0", url=self.admin_url)
+        self.procs.pop().stop()
+        self.serve()
+        try:
+            captured = {}
+            for label, users in wanted:
+                bodies, sql, samples = [], None, []
+                for i, q in enumerate(self.query_vectors):
+                    user = users[i % len(users)][0]
+                    body = {"vector": json.loads(q), "k": 10}
+                    if user:
+                        body["user_id"] = user
+                    bodies.append(body)
+                    window = limits.LogWindow(pg_log)
+                    status, _ = self.api.json("POST", "/contexts/search", body)
+                    time.sleep(0.05)
+                    found = [st for st in limits.parse_log(window.read(), self.db) if "embedding" in st.sql
+                             and "ORDER BY" in st.sql and st.params]
+                    if status != 200 or not found:
+                        continue
+                    # One search sends one statement; a tenant-size lookup may come before it.
+                    st = found[-1]
+                    sql = sql or st.sql
+                    if st.sql == sql:
+                        samples.append(st.params)
+                captured[label] = (bodies, sql, samples)
+        finally:
+            self.sql(f"ALTER DATABASE {self.db} RESET log_min_duration_statement", url=self.admin_url)
+            self.procs.pop().stop()
+            self.serve()
+        for label, (bodies, sql, samples) in captured.items():
+            if not sql:
+                self.failures.append(f"side by side, {label}: the search's SQL was not captured from {pg_log}")
+                continue
+            c = limits.Captured(label, sql, samples)
+            files, defines = limits.pgbench_scripts(c, work)
+            requests = wrk.write_requests(work / "requests.tsv",
+                                          [("POST", "/contexts/search", json.dumps(b, separators=(",", ":")))
+                                           for b in bodies])
+            row = {"bucket": label, "scripts": len(files)}
+            for conns in (1, 32):
+                for f in work.glob("pgb.*"):
+                    f.unlink()
+                argv = [str(pgbench), *pg_args, "-M", "prepared", "-j", str(min(2, conns)), "-c", str(conns),
+                        "-T", str(secs), "-n", "-l", "--log-prefix", str(work / "pgb")]
+                for f in files:
+                    argv += ["-f", str(f)]
+                out = subprocess.run(argv + defines + [self.db], capture_output=True, text=True, timeout=300)
+                tps = re.search(r"^tps = ([\d.]+)", out.stdout, re.M)
+                if out.returncode != 0 or not tps:
+                    self.failures.append(f"side by side, {label}: pgbench failed: {out.stderr.strip()[-300:]}")
+                    break
+                # Per-transaction log: client, transaction, latency (us), ...
+                lat = sorted(int(line.split()[2]) / 1000 for f in work.glob("pgb.*") for line in open(f))
+                row[f"sql rps ({conns})"] = float(tps[1])
+                row[f"sql p50 ({conns})"] = statistics.median(lat)
+                row[f"sql p99 ({conns})"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+                wrk.THREADS = min(2, conns)  # wrk wants a connection a thread at least
+                r = wrk.run_wrk(self.api.base_url, KEY, label, conns, secs, requests_file=requests,
+                                service_pid=self.procs[-1].popen.pid)
+                if r.status_errors or r.socket_errors:
+                    self.failures.append(f"side by side, {label}: {r.errors} errors under wrk")
+                row.update({f"api rps ({conns})": r.rps, f"api p50 ({conns})": r.latency_us["p50"] / 1000,
+                            f"api p99 ({conns})": r.latency_us["p99"] / 1000, f"rss ({conns})": r.rss_kib / 1024})
+            self.form["side"].append(row)
+            log(f"  {self.form['name']}, {label}: " + ", ".join(
+                f"{k} {v:,.1f}" for k, v in row.items() if isinstance(v, float)))
 
     def sweep(self, ef):
         """The warm searches again with the service's HNSW_EF_SEARCH at `ef`."""
@@ -352,13 +441,31 @@ class Bench:
                     r = next(r for r in f[f"ef {ef}"] if r["bucket"] == label)
                     lines.append(f"| {label} | {ef} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | {r['recall']:.3f} | {r['plan']} |")
         for f in self.forms:
+            if not f.get("side"):
+                continue
+            lines += ["", f"## `{f['name']}`: the API beside its own SQL in pgbench, the same query vectors", "",
+                      "Each search's statement, captured from the Postgres log with its parameters, replayed",
+                      "by `pgbench -M prepared` (one script per search, 15 s); the API gets the same bodies",
+                      "from wrk (15 s; 1 thread at 1 connection, 2 at 32). Everything on the same 2 cores: at",
+                      "32 connections wrk and the service take cores that pgbench leaves to Postgres.", "",
+                      "| search | SQL p50, 1 conn | API p50, 1 conn | API / SQL | SQL req/s, 32 | API req/s, 32 "
+                      "| API / SQL | API p50 / p99, 32 | service RSS |",
+                      "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+            for r in f["side"]:
+                if "api rps (32)" not in r:
+                    continue
+                lines.append(f"| {r['bucket']} | {r['sql p50 (1)']:.1f} ms | {r['api p50 (1)']:.1f} ms | "
+                             f"{r['api p50 (1)'] / r['sql p50 (1)']:.2f} | {r['sql rps (32)']:,.0f} | "
+                             f"{r['api rps (32)']:,.0f} | {r['api rps (32)'] / r['sql rps (32)']:.2f} | "
+                             f"{r['api p50 (32)']:.1f} / {r['api p99 (32)']:.1f} ms | {r['rss (32)']:.1f} MiB |")
+        for f in self.forms:
             if not f.get("text"):
                 continue
             lines += ["", f"## `{f['name']}`: text and hybrid searches (warm)", "",
                       "A selective query: a row's number, held by one row of the table (and usually by none",
                       "of the user's). A broad one: `user preference`, words every seeded row holds, so",
                       "that every row in the scope is a BM25 candidate. Hybrid adds the vector ranking.",
-                      f"{min(20, self.args.queries)} searches each, one connection.", "",
+                      f"{min(20, self.args.queries)} selective searches each, 5 broad ones, one connection.", "",
                       "| search | mode | query | p50 | p99 |", "|---|---|---|--:|--:|"]
             for r in f["text"]:
                 lines.append(f"| {r['bucket']} | {r['mode']} | {r['kind']} | {r['p50']:.1f} ms | {r['p99']:.1f} ms |")
@@ -384,7 +491,8 @@ class Bench:
             self.query_vectors = self.queries()
             self.bucket_list = self.buckets()
             self.forms = []
-            for form in self.args.vector_index.split(","):
+            forms = self.args.vector_index.split(",")
+            for form in forms:
                 self.form = {"name": form}
                 self.forms.append(self.form)
                 self.phase(f"{form}: HNSW build", self.build_index, form)
@@ -395,8 +503,12 @@ class Bench:
                     self.phase(f"{form}: the same searches again (warm)", self.measure, "warm")
                 if self.args.text_modes:
                     self.phase(f"{form}: text and hybrid searches", self.text_modes)
+                if self.args.side_by_side:
+                    self.phase(f"{form}: the API beside pgbench", self.side_by_side)
                 for ef in [int(v) for v in self.args.ef_search.split(",") if v]:
                     self.phase(f"{form}: HNSW_EF_SEARCH={ef}", self.sweep, ef)
+                if self.args.keep and form == forms[-1]:
+                    break  # the database is kept with its last index
                 self.phase(f"{form}: stop, drop the index", self.drop_index)
             self.report()
         finally:
@@ -426,6 +538,8 @@ def main():
                     help="the graph's ef_construction (HNSW_EF_CONSTRUCTION; the service's default)")
     ap.add_argument("--text-modes", action="store_true",
                     help="after the warm pass, text and hybrid searches by user size")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="the API beside its own SQL in pgbench, the same query vectors, at 1 and 32 connections")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the database")
     args = ap.parse_args()

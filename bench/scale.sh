@@ -18,6 +18,8 @@ cd "$REPO"
 source "$REPO/bench/lib.sh"
 
 phase "python venv (.bench-venv)" bench_venv
+# wrk for --side-by-side's 32 connections.
+phase "wrk (Debian)" apt_ensure wrk wrk
 phase "postgres and redis" scripts/services.sh start
 eval "$(scripts/services.sh env)"
 export TEST_DATABASE_URL TEST_REDIS_URL PSQL
