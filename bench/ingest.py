@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
-"""Ingest with vectors given, through the API, for each form of the index.
+"""Ingest with vectors given, through the API or the bulk import, for each form of the index.
 
     bench/ingest.sh                      # 200,000 contexts x 768 per form (about 25 minutes)
     bench/ingest.sh --rows 1000000       # the issue's size (hours at today's rates)
-    bench/ingest.sh --smoke              # 6,000 contexts per form: CI's check
+    bench/ingest.sh --rows 1000000 --via import --vector-index halfvec   # the bulk path (about 20 minutes)
+    bench/ingest.sh --smoke [--via import]   # 6,000 contexts per form: CI's checks
+
+`--via import` writes the same items as an export file first, then times
+`context-api import FILE --defer-index --jobs 2 --maintenance-work-mem 8GB` into an
+empty database from its start until it ends with the index built (load and build
+apart, the import's peak RSS); then the same searches.
 
 For each form of the HNSW index (`--vector-index`, by default vector, halfvec and bit):
 1. a fresh database `bench_ingest`, migrated by the release binary with VECTOR_INDEX set
@@ -31,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +75,27 @@ def bodies(rows: int, batch: int, seed: int = 7) -> tuple[list[bytes], np.ndarra
     return out, space.sample(np.random.default_rng(seed + 1), 50)
 
 
+def import_file(path: Path, rows: int, batch: int, seed: int = 7) -> None:
+    """The same items as `bodies` (same vectors, users and texts), as an export file
+    (NDJSON, one context a line) for `context-api import`, written as it is made."""
+    space = data._Space(20261201)
+    rng = np.random.default_rng(seed)
+    stamp = "2026-12-01T00:00:00Z"
+    with open(path, "w") as f:
+        for start in range(0, rows, batch):
+            n = min(batch, rows - start)
+            vectors = space.sample(rng, n)
+            users = rng.integers(len(data.USERS), size=n)
+            lines = []
+            for i in range(n):
+                text = json.dumps(f"memory {start + i}: the user mentioned a preference for tea in the morning")
+                lines.append(f'{{"id":"{uuid.UUID(int=start + i + 1)}","user_id":"{data.USERS[users[i]]}",'
+                             f'"context_type":"note","content":{{"text":{text}}},"metadata":{{"n":{start + i}}},'
+                             f'"expires_at":null,"created_at":"{stamp}","updated_at":"{stamp}","version":1,'
+                             f'"text":{text},"embedding":{data.vec_json(vectors[i])},"model":null}}\n')
+            f.write("".join(lines))
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -103,40 +131,24 @@ class Bench:
             wait_http(f"http://127.0.0.1:{stub_port}/health", 30, stub)
             subprocess.run([str(self.binary), "migrate"], env=self.env(free_port(), stub_port, form),
                            check=True, capture_output=True, timeout=300)
+            extra = {}
+            if self.args.via == "import":
+                rows = self.args.rows
+                t0 = time.monotonic()
+                extra = self.import_load(form, stub_port)
+                written = time.monotonic() - t0
+                marks: list[tuple[int, float]] = [(rows, t0 + written)]
             svc = Proc("service", [str(self.binary), "serve"], self.work / f"service-{form}.log",
                        env=self.env(port, stub_port, form))
             procs.append(svc)
             wait_http(f"http://127.0.0.1:{port}/ready", 120, svc)
             api = Api(f"http://127.0.0.1:{port}", KEY)
-            rows = sum(b.count(b'"embedding":') for b in batches)
-            marks: list[tuple[int, float]] = []
-            lock = threading.Lock()
-            state = {"next": 0, "done": 0}
-
-            def client():
-                while True:
-                    with lock:
-                        i = state["next"]
-                        state["next"] += 1
-                    if i >= len(batches):
-                        return
-                    status, body = api.call("POST", "/contexts/batch", batches[i])
-                    n = batches[i].count(b'"embedding":')
-                    if status != 200:
-                        self.failures.append(f"{form}: batch {i} answered {status}: {body[:200]!r}")
-                    elif (failed := json.loads(body)["failed"]) != 0:
-                        self.failures.append(f"{form}: batch {i}: {failed} items failed")
-                    with lock:
-                        state["done"] += n
-                        marks.append((state["done"], time.monotonic()))
-
-            t0 = time.monotonic()
-            threads = [threading.Thread(target=client) for _ in range(self.args.clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            written = time.monotonic() - t0
+            if self.args.via == "batch":
+                rows = sum(b.count(b'"embedding":') for b in batches)
+                marks = []
+                t0 = time.monotonic()
+                self.batch_load(api, form, batches, marks)
+                written = time.monotonic() - t0
             # Searchable: the searches over all rows answer, through the index.
             recalls, lat = [], []
             for q in queries:
@@ -162,7 +174,7 @@ class Bench:
                 if done - last_rows >= tenth or done == rows:
                     windows.append((last_rows, done, (done - last_rows) / max(1e-9, t - last_t)))
                     last_rows, last_t = done, t
-            row = {"form": form, "rows": rows, "written_s": written, "rate": rows / written,
+            row = {**extra, "form": form, "rows": rows, "written_s": written, "rate": rows / written,
                    "recall": statistics.mean(recalls) if recalls else 0.0,
                    "search_p50": statistics.median(lat), "index": size, "windows": windows}
             self.results.append(row)
@@ -176,15 +188,84 @@ class Bench:
             if not self.args.keep:
                 self.sql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", url=self.admin_url)
 
+    def batch_load(self, api, form, batches, marks):
+        """`--clients` threads send the batch bodies until every one is answered."""
+        lock = threading.Lock()
+        state = {"next": 0, "done": 0}
+
+        def client():
+            while True:
+                with lock:
+                    i = state["next"]
+                    state["next"] += 1
+                if i >= len(batches):
+                    return
+                status, body = api.call("POST", "/contexts/batch", batches[i])
+                n = batches[i].count(b'"embedding":')
+                if status != 200:
+                    self.failures.append(f"{form}: batch {i} answered {status}: {body[:200]!r}")
+                elif (failed := json.loads(body)["failed"]) != 0:
+                    self.failures.append(f"{form}: batch {i}: {failed} items failed")
+                with lock:
+                    state["done"] += n
+                    marks.append((state["done"], time.monotonic()))
+
+        threads = [threading.Thread(target=client) for _ in range(self.args.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def import_load(self, form, stub_port):
+        """`context-api import --defer-index` of the file: the load, then the index
+        build (timed from the import's own log line), and the import's peak RSS."""
+        cmd = [str(self.binary), "import", str(self.file), "--defer-index", "--jobs", "2",
+               "--maintenance-work-mem", self.args.maintenance_work_mem]
+        env = dict(self.env(free_port(), stub_port, form), LOG_LEVEL="info")
+        t0 = time.monotonic()
+        build_at = None
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        with open(self.work / f"import-{form}.log", "wb") as out:
+            for line in proc.stdout:
+                out.write(line)
+                if build_at is None and b"building the HNSW index" in line:
+                    build_at = time.monotonic()
+        _, status, usage = os.wait4(proc.pid, 0)
+        end = time.monotonic()
+        if os.waitstatus_to_exitcode(status) != 0:
+            self.failures.append(f"{form}: import exited {os.waitstatus_to_exitcode(status)} "
+                                 f"(bench/.cache/.../import-{form}.log)")
+        build_at = build_at or end
+        return {"load_s": build_at - t0, "build_s": end - build_at, "peak_rss_mib": usage.ru_maxrss / 1024}
+
     def report(self):
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=REPO).stdout.strip()
         a = self.args
+        buffers = self.sql('SHOW shared_buffers', url=self.admin_url)[0][0]
+        command = f"`bench/ingest.sh{''.join(' ' + x for x in sys.argv[1:])}` at commit {head}"
+        if a.via == "import":
+            lines = [f"# Ingest: {a.rows:,} contexts x 768 with vectors, through `context-api import --defer-index`",
+                     "", f"Measured {time.strftime('%Y-%m-%d')} on this 2-core box by {command}: an export file of "
+                     f"the same items as the batch route's (written before the clock starts) imported into an "
+                     f"empty database with `--defer-index --jobs 2 --maintenance-work-mem {a.maintenance_work_mem}`"
+                     f" (Postgres shared_buffers {buffers}, max_parallel_maintenance_workers "
+                     f"{self.sql('SHOW max_parallel_maintenance_workers', url=self.admin_url)[0][0]}); the import "
+                     "and Postgres on the same 2 cores, nothing else ran. The clock runs from the start of the "
+                     "import to its end, when the HNSW index is built and every row is searchable through it.",
+                     "", "| VECTOR_INDEX | contexts/s, empty to searchable | seconds | load (no index) | index build "
+                     "| import's peak RSS | index size | recall@10 after (all rows) | search p50 |",
+                     "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+            for r in self.results:
+                lines.append(f"| `{r['form']}` | {r['rate']:,.0f} | {r['written_s']:.1f} | {r['load_s']:.1f} s "
+                             f"({a.rows / r['load_s']:,.0f}/s) | {r['build_s']:.1f} s | {r['peak_rss_mib']:.0f} MiB | "
+                             f"{r['index'] / 2**20:,.1f} MiB | {r['recall']:.3f} | {r['search_p50']:.1f} ms |")
+            self.write_report(lines)
+            return
         lines = [f"# Ingest: {a.rows:,} contexts x 768 with vectors, through POST /contexts/batch", "",
-                 f"Measured {time.strftime('%Y-%m-%d')} on this 2-core box by `bench/ingest.sh"
-                 f"{' --smoke' if a.smoke else f' --rows {a.rows}'}` at commit {head}: {a.clients} clients, "
+                 f"Measured {time.strftime('%Y-%m-%d')} on this 2-core box by {command}: {a.clients} clients, "
                  f"{a.batch} items a request, the release service, its Postgres (shared_buffers "
-                 f"{self.sql('SHOW shared_buffers', url=self.admin_url)[0][0]}) and the clients on the same "
+                 f"{buffers}) and the clients on the same "
                  "2 cores; nothing else ran. The clock runs from the first request to the last answer; "
                  "every row is then searchable through the index (no deferred build).", "",
                  "| VECTOR_INDEX | contexts/s | seconds | index size | recall@10 after (all rows) | search p50 |",
@@ -199,16 +280,26 @@ class Bench:
             for i, (lo, hi, _) in enumerate(self.results[0]["windows"]):
                 cells = [f"{r['windows'][i][2]:,.0f}" if i < len(r["windows"]) else "" for r in self.results]
                 lines.append(f"| {lo:,} to {hi:,} | " + " | ".join(cells) + " |")
-        out = (REPO / "bench" / ".cache" / "results" / "ingest-smoke.md" if a.smoke
-               else REPO / "bench" / "results" / f"ingest-{a.rows}.md")
+        self.write_report(lines)
+
+    def write_report(self, lines):
+        a = self.args
+        name = f"ingest-{'smoke' if a.smoke else a.rows}{'-import' if a.via == 'import' else ''}.md"
+        out = REPO / "bench" / (".cache/results" if a.smoke else "results") / name
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("\n".join(lines) + "\n")
         log(f"report: {out.relative_to(REPO)}")
 
     def run(self):
         t0 = time.monotonic()
-        batches, queries = bodies(self.args.rows, self.args.batch)
-        log(f"{len(batches)} bodies of {self.args.batch} items generated in {time.monotonic() - t0:.1f} s")
+        if self.args.via == "import":
+            self.file = self.work / "contexts.ndjson"
+            import_file(self.file, self.args.rows, self.args.batch)
+            batches, queries = None, data._Space(20261201).sample(np.random.default_rng(8), 50)
+            log(f"{self.file.stat().st_size / 2**20:,.0f} MiB of NDJSON written in {time.monotonic() - t0:.1f} s")
+        else:
+            batches, queries = bodies(self.args.rows, self.args.batch)
+            log(f"{len(batches)} bodies of {self.args.batch} items generated in {time.monotonic() - t0:.1f} s")
         for form in self.args.vector_index.split(","):
             self.one_form(form, batches, queries)
         self.report()
@@ -223,11 +314,15 @@ def main():
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--vector-index", default="vector,halfvec,bit")
+    ap.add_argument("--via", choices=("batch", "import"), default="batch",
+                    help="batch: POST /contexts/batch from --clients; import: `context-api import --defer-index` "
+                         "of an export file written first")
+    ap.add_argument("--maintenance-work-mem", default="8GB", help="--via import: the index build's")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the last form's database")
     args = ap.parse_args()
     if args.smoke:
-        args.rows = 6_000
+        args.rows, args.maintenance_work_mem = 6_000, "256MB"
     sys.exit(Bench(args).run())
 
 
