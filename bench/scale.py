@@ -45,7 +45,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apibench import limits, wrk  # noqa: E402
-from apibench.procs import Api, Proc, free_port, scrape_metrics, wait_http  # noqa: E402
+from apibench.procs import Api, Proc, free_port, proc_memory_kib, scrape_metrics, wait_http  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "scale-bench-admin-key"
@@ -94,9 +94,10 @@ class Bench:
 
     # ------------------------------------------------------------------ steps
 
-    def setup(self):
-        self.sql(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)", url=self.admin_url)
-        self.sql(f"CREATE DATABASE {self.db}", url=self.admin_url)
+    def setup(self, reuse=False):
+        if not reuse:
+            self.sql(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)", url=self.admin_url)
+            self.sql(f"CREATE DATABASE {self.db}", url=self.admin_url)
         self.stub_port = free_port()
         stub = Proc("tei-stub", [str(REPO / "target" / "release" / "tei-stub"), "--port", str(self.stub_port),
                                  "--dim", str(self.dim)], self.work / "tei-stub.log")
@@ -142,7 +143,14 @@ class Bench:
 
     def build_index(self, form):
         """The index as `context-api migrate` builds it for VECTOR_INDEX=form
-        (src/store/vector_index.rs), with the bench's maintenance settings."""
+        (src/store/vector_index.rs), with the bench's maintenance settings.
+        --reuse keeps one recorded in that form and graph."""
+        if self.args.reuse and self.sql(
+                "SELECT to_regclass('contexts_embedding_hnsw_idx') IS NOT NULL AND vector_index = %s AND "
+                "hnsw_m = %s AND hnsw_ef_construction = %s FROM embedding_state",
+                (form, self.args.hnsw_m, self.args.hnsw_ef_construction))[0][0]:
+            self.form["build"] = float("nan")
+            return
         expression = {
             "vector": "embedding vector_cosine_ops",
             "halfvec": f"(l2_normalize(embedding)::halfvec({self.dim})) halfvec_cosine_ops",
@@ -366,9 +374,119 @@ class Bench:
                     self.failures.append(f"side by side, {label}: {r.errors} errors under wrk")
                 row.update({f"api rps ({conns})": r.rps, f"api p50 ({conns})": r.latency_us["p50"] / 1000,
                             f"api p99 ({conns})": r.latency_us["p99"] / 1000, f"rss ({conns})": r.rss_kib / 1024})
+            if label.startswith("all rows") and "api rps (32)" in row:
+                # The API alone at 256 connections (Postgres allows fewer than pgbench would need):
+                # the service's memory with every connection holding a 768-d request.
+                r = wrk.run_wrk(self.api.base_url, KEY, label, 256, secs, requests_file=requests,
+                                service_pid=self.procs[-1].popen.pid)
+                if r.status_errors or r.socket_errors:
+                    self.failures.append(f"side by side, {label}, 256 connections: {r.errors} errors under wrk")
+                mem = proc_memory_kib(self.procs[-1].popen.pid)
+                self.form["at 256"] = {"rps": r.rps, "p50": r.latency_us["p50"] / 1000,
+                                       "p99": r.latency_us["p99"] / 1000, "rss": mem["VmRSS"] / 1024,
+                                       "peak": mem["VmHWM"] / 1024}
             self.form["side"].append(row)
             log(f"  {self.form['name']}, {label}: " + ", ".join(
                 f"{k} {v:,.1f}" for k, v in row.items() if isinstance(v, float)))
+
+    def peer(self):
+        """The FastAPI peer (../shared/peers/fastapi, or PEER_DIR) on the same rows: its
+        own database seeded from this one (COPY; its API would take hours), its HNSW
+        index built as its schema.sql builds it (`vector`, pgvector's graph) with the
+        bench's maintenance settings, its server started by its run.sh (2 workers). Then,
+        over all rows and for the five largest users: recall@10 of the same 50 searches
+        through each, and wrk at 32 connections on the same request file, the two
+        stacks alternating, twice each, 15 s a run."""
+        peer_dir = Path(os.environ.get("PEER_DIR", REPO.parent / "shared" / "peers" / "fastapi")).resolve()
+        if not (peer_dir / "run.sh").is_file():
+            self.failures.append(f"peer: no run.sh in {peer_dir} (set PEER_DIR)")
+            return
+        db = "bench_scale_peer"
+        url = self.admin_url.rsplit("/", 1)[0] + "/" + db
+        psql = str(Path(os.path.realpath(REPO / ".services" / "pg")) / "install" / "bin" / "psql")
+        self.sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", url=self.admin_url)
+        self.sql(f"CREATE DATABASE {db}", url=self.admin_url)
+        subprocess.run([psql, url, "-q", "-v", "ON_ERROR_STOP=1", "-v", f"dim={self.dim}", "-f",
+                        str(peer_dir / "schema.sql")], check=True, capture_output=True,
+                       env=dict(os.environ, PGOPTIONS="-c client_min_messages=warning"))
+        index_sql = self.sql("SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_contexts_embedding_hnsw'",
+                             url=url)[0][0]
+        self.sql("DROP INDEX idx_contexts_embedding_hnsw", url=url)
+        t0 = time.monotonic()
+        copy_out = subprocess.Popen([psql, self.db_url, "-Xqc",
+                                     "COPY (SELECT id, user_id, context_type, content, embedding, created_at, "
+                                     "updated_at, expires_at, metadata, is_active, version, embedding_text, "
+                                     "embedding_text, 'ready' FROM contexts) TO STDOUT"], stdout=subprocess.PIPE)
+        subprocess.run([psql, url, "-Xqc", "COPY contexts (id, user_id, context_type, content, embedding, "
+                        "created_at, updated_at, expires_at, metadata, is_active, version, text, embed_text, "
+                        "embedding_status) FROM STDIN"], stdin=copy_out.stdout, check=True)
+        copy_out.wait()
+        self.sql("VACUUM ANALYZE contexts", url=url)
+        self.facts["peer: its rows copied in"] = f"{time.monotonic() - t0:,.0f} s"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"SET maintenance_work_mem = '{self.args.maintenance_work_mem}'")
+            conn.execute(f"SET max_parallel_maintenance_workers = {self.args.parallel_workers}")
+            t0 = time.monotonic()
+            conn.execute(index_sql)
+            build = time.monotonic() - t0
+        size = self.sql("SELECT pg_relation_size('idx_contexts_embedding_hnsw')", url=url)[0][0]
+        self.facts["peer: its HNSW index (vector, m 16, ef_construction 64)"] = (
+            f"{size / 2**20:,.0f} MiB, built in {build:,.0f} s")
+        port = free_port()
+        peer_key = "scale-bench-peer-key"
+        env = dict(os.environ, DATABASE_URL=url, REDIS_URL=os.environ["TEST_REDIS_URL"].rstrip("/") + "/5",
+                   EMBEDDING_SERVICE_URL=f"http://127.0.0.1:{self.stub_port}", EMBEDDING_DIM=str(self.dim),
+                   API_KEYS=f"admin:{hashlib.sha256(peer_key.encode()).hexdigest()}", BIND_HOST="127.0.0.1",
+                   LOG_LEVEL="warning")
+        peer = Proc("peer", ["bash", str(peer_dir / "run.sh"), str(port)], self.work / "peer.log", env=env)
+        self.procs.insert(1, peer)
+        wait_http(f"http://127.0.0.1:{port}/health", 600, peer)
+        stacks = {"context-api": self.api, "FastAPI peer": Api(f"http://127.0.0.1:{port}", peer_key)}
+        keys = {"context-api": KEY, "FastAPI peer": peer_key}
+        work = self.work / "peer"
+        work.mkdir(exist_ok=True)
+        self.form["peer"] = []
+        for label, users in self.bucket_list:
+            if label.split(" (")[0] not in ("the 5 largest", "all rows"):
+                continue
+            bodies = []
+            for i, q in enumerate(self.query_vectors):
+                body = {"vector": json.loads(q), "k": 10}
+                if users[i % len(users)][0]:
+                    body["user_id"] = users[i % len(users)][0]
+                bodies.append(body)
+            exact = []
+            for b in bodies:
+                where = "AND user_id = %(u)s::uuid" if b.get("user_id") else ""
+                exact.append({str(r[0]) for r in self.sql(
+                    f"""SELECT id FROM contexts WHERE is_active AND (expires_at IS NULL OR expires_at > now())
+                        AND embedding_status = 'ready' {where}
+                        ORDER BY (embedding <=> %(v)s::vector) + 0, id LIMIT 10""",
+                    {"v": json.dumps(b["vector"]), "u": b.get("user_id")})})
+            requests = wrk.write_requests(work / "requests.tsv",
+                                          [("POST", "/contexts/search", json.dumps(b, separators=(",", ":")))
+                                           for b in bodies])
+            row = {"bucket": label}
+            for name, api in stacks.items():
+                recalls = []
+                for b, ex in zip(bodies, exact):
+                    status, got = api.json("POST", "/contexts/search", b)
+                    if status != 200:
+                        self.failures.append(f"peer, {label}: {name} answered {status}: {str(got)[:200]}")
+                        continue
+                    recalls.append(len({r["context"]["id"] for r in got["results"]} & ex) / max(1, len(ex)))
+                row[f"{name} recall"] = statistics.mean(recalls) if recalls else 0.0
+            wrk.THREADS = 2
+            for rnd in range(2):
+                for name, api in stacks.items():
+                    r = wrk.run_wrk(api.base_url, keys[name], f"{label}, {name}", 32, 15, requests_file=requests)
+                    if r.status_errors or r.socket_errors:
+                        self.failures.append(f"peer, {label}: {name}: {r.errors} errors under wrk")
+                    row.setdefault(f"{name} rps", []).append(r.rps)
+                    row.setdefault(f"{name} p50", []).append(r.latency_us["p50"] / 1000)
+                    row.setdefault(f"{name} p99", []).append(r.latency_us["p99"] / 1000)
+            self.form["peer"].append(row)
+            log(f"  peer, {label}: {row}")
 
     def sweep(self, ef):
         """The warm searches again with the service's HNSW_EF_SEARCH at `ef`."""
@@ -441,6 +559,25 @@ class Bench:
                     r = next(r for r in f[f"ef {ef}"] if r["bucket"] == label)
                     lines.append(f"| {label} | {ef} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | {r['recall']:.3f} | {r['plan']} |")
         for f in self.forms:
+            if not f.get("peer"):
+                continue
+            lines += ["", f"## `{f['name']}` beside the FastAPI peer on the same rows", "",
+                      "The peer (../shared/peers/fastapi: FastAPI, asyncpg, 2 uvicorn workers) in a database of",
+                      "its own, seeded from this one by COPY, its index built as its schema.sql builds it. The same",
+                      "50 searches (k = 10) through each for recall@10 against the exact ranking; then wrk, 32",
+                      "connections, 2 threads, 15 s, on the same request file, the stacks alternating, twice",
+                      "each (the mean of the two rounds; p50 and p99 of the second). Both stacks, their",
+                      "Postgres databases and wrk share the 2 cores and the 6 GB of shared_buffers.", "",
+                      "| search | context-api req/s | peer req/s | ratio | context-api p50 / p99 | peer p50 / p99 "
+                      "| context-api recall@10 | peer recall@10 |",
+                      "|---|--:|--:|--:|--:|--:|--:|--:|"]
+            for r in f["peer"]:
+                ours, theirs = statistics.mean(r["context-api rps"]), statistics.mean(r["FastAPI peer rps"])
+                lines.append(f"| {r['bucket']} | {ours:,.0f} | {theirs:,.0f} | {ours / max(theirs, 1e-9):.2f} | "
+                             f"{r['context-api p50'][-1]:.1f} / {r['context-api p99'][-1]:.1f} ms | "
+                             f"{r['FastAPI peer p50'][-1]:.1f} / {r['FastAPI peer p99'][-1]:.1f} ms | "
+                             f"{r['context-api recall']:.3f} | {r['FastAPI peer recall']:.3f} |")
+        for f in self.forms:
             if not f.get("side"):
                 continue
             lines += ["", f"## `{f['name']}`: the API beside its own SQL in pgbench, the same query vectors", "",
@@ -458,6 +595,11 @@ class Bench:
                              f"{r['api p50 (1)'] / r['sql p50 (1)']:.2f} | {r['sql rps (32)']:,.0f} | "
                              f"{r['api rps (32)']:,.0f} | {r['api rps (32)'] / r['sql rps (32)']:.2f} | "
                              f"{r['api p50 (32)']:.1f} / {r['api p99 (32)']:.1f} ms | {r['rss (32)']:.1f} MiB |")
+            if f.get("at 256"):
+                a = f["at 256"]
+                lines += ["", f"The API alone at 256 connections, all rows, the same bodies: {a['rps']:,.0f} req/s, "
+                          f"p50 {a['p50']:.1f} ms, p99 {a['p99']:.1f} ms; the service's RSS after it "
+                          f"{a['rss']:.1f} MiB, its peak since it started {a['peak']:.1f} MiB."]
         for f in self.forms:
             if not f.get("text"):
                 continue
@@ -485,9 +627,13 @@ class Bench:
 
     def run(self):
         try:
-            self.phase("database, migrate", self.setup)
-            self.phase(f"seed {self.rows:,} rows in SQL", self.seed)
-            self.phase("VACUUM ANALYZE", self.vacuum)
+            if self.args.reuse:
+                self.phase("the kept database, the TEI stand-in", self.setup, True)
+                self.rows = self.sql("SELECT count(*) FROM contexts")[0][0]
+            else:
+                self.phase("database, migrate", self.setup)
+                self.phase(f"seed {self.rows:,} rows in SQL", self.seed)
+                self.phase("VACUUM ANALYZE", self.vacuum)
             self.query_vectors = self.queries()
             self.bucket_list = self.buckets()
             self.forms = []
@@ -505,6 +651,8 @@ class Bench:
                     self.phase(f"{form}: text and hybrid searches", self.text_modes)
                 if self.args.side_by_side:
                     self.phase(f"{form}: the API beside pgbench", self.side_by_side)
+                if self.args.peer and form == forms[-1]:
+                    self.phase(f"{form}: beside the FastAPI peer", self.peer)
                 for ef in [int(v) for v in self.args.ef_search.split(",") if v]:
                     self.phase(f"{form}: HNSW_EF_SEARCH={ef}", self.sweep, ef)
                 if self.args.keep and form == forms[-1]:
@@ -540,6 +688,10 @@ def main():
                     help="after the warm pass, text and hybrid searches by user size")
     ap.add_argument("--side-by-side", action="store_true",
                     help="the API beside its own SQL in pgbench, the same query vectors, at 1 and 32 connections")
+    ap.add_argument("--peer", action="store_true",
+                    help="with the last form: the FastAPI peer (PEER_DIR, default ../shared/peers/fastapi) on the same rows")
+    ap.add_argument("--reuse", action="store_true",
+                    help="the database a --keep run left, as it is: no seed; an index of the form asked for is kept")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the database")
     args = ap.parse_args()
