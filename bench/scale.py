@@ -681,7 +681,7 @@ def main():
                     help="the forms of the index to measure, in turn (VECTOR_INDEX values, comma-separated)")
     ap.add_argument("--ef-search", default="",
                     help="after the warm pass, the searches again with the service's HNSW_EF_SEARCH at each of these (e.g. 100,200,400)")
-    ap.add_argument("--hnsw-m", type=int, default=24, help="the graph's m (HNSW_M; the service's default)")
+    ap.add_argument("--hnsw-m", type=int, default=16, help="the graph's m (HNSW_M; the service's default)")
     ap.add_argument("--hnsw-ef-construction", type=int, default=128,
                     help="the graph's ef_construction (HNSW_EF_CONSTRUCTION; the service's default)")
     ap.add_argument("--text-modes", action="store_true",

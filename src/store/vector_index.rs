@@ -123,9 +123,12 @@ impl VectorIndex {
 /// for them (`ef_construction`). On the suite's 768-d data at pgvector's
 /// defaults (16, 64) recall@10 stops near 0.93 at 300,000 rows whatever
 /// `ef_search`, and falls to 0.84 at a million: the graph, not the search,
-/// is the limit (bench/results/hnsw-graph-300000.md). The default here buys
-/// it back for about 1.7 times the build time, at the same index size for
-/// 768-d `halfvec`.
+/// is the limit (bench/results/hnsw-graph-300000.md). The default keeps
+/// pgvector's `m` and doubles `ef_construction`: 0.974 at 300,000 rows for
+/// 1.34 times the build, the same index size. A larger `m` buys more (0.994
+/// with 24) but pgvector costs an index scan in proportion to `m`, and on a
+/// table of 10,000 rows the planner then took a seq scan for a big user's
+/// search (the plan guard, tests/api/plan.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HnswGraph {
     pub m: u16,
@@ -170,7 +173,7 @@ impl HnswGraph {
 impl Default for HnswGraph {
     fn default() -> Self {
         Self {
-            m: 24,
+            m: 16,
             ef_construction: 128,
         }
     }

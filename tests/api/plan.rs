@@ -15,7 +15,9 @@
 //!   measured 0.8 ms against 15 to 24 ms for an iterative HNSW scan at this size.
 
 use context_api::domain::{json_object, Ranking, SearchFilter, TopK, UserId};
-use context_api::store::{search_query, Store, VectorIndex, VectorPlan, VectorScan};
+use context_api::store::{
+    search_query, text_search_query, Store, VectorIndex, VectorPlan, VectorScan,
+};
 use serde_json::{json, Value};
 use sqlx::{Executor, PgPool, Row};
 use uuid::Uuid;
@@ -30,6 +32,7 @@ const ROWS: i64 = 10_000;
 const USERS: i64 = 500;
 const HNSW: &str = "contexts_embedding_hnsw_idx";
 const GIN: &str = "contexts_metadata_idx";
+const TSV: &str = "contexts_embedding_tsv_idx";
 
 /// 100 clusters in 768-d, each row its centroid plus noise, normalized; 500
 /// users (the first with half the rows) and a metadata tag on 1% of rows,
@@ -320,4 +323,103 @@ async fn search_settings_apply_to_the_statement_only() {
         ("40", "off"),
         "settings leaked to the pooled connection"
     );
+}
+
+/// The plan the next execution of the store's prepared text search will use,
+/// for a query every row matches (the seed's text is in every row).
+async fn settled_text_plan(pool: &PgPool, filter: &SearchFilter, plan: VectorPlan) -> Vec<String> {
+    let k = TopK::parse(Some(10)).unwrap();
+    let statement = text_search_query("english", "realistic memory", filter, k, plan);
+    let sql = statement.sql().to_owned();
+    // The builder's binds, in order: the configuration and the text twice
+    // (the query, its lexemes), the user, k.
+    let mut args = vec![
+        "'english'",
+        "'realistic memory'",
+        "'english'",
+        "'realistic memory'",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
+    if let Some(u) = filter.user_id {
+        args.push(format!("'{}'", u.0));
+    }
+    args.push(k.get().to_string());
+    let args = args.join(", ");
+    let mut conn = pool.acquire().await.unwrap();
+    // The text index made as tempting as it was at a million rows, where the
+    // planner took it (every row of the table) beside the user's btree: here
+    // the only way to the matching rows but a scan it is told to avoid.
+    conn.execute("BEGIN; DROP INDEX contexts_user_created_idx, contexts_user_id_context_type_idx; SET LOCAL enable_seqscan = off")
+        .await
+        .unwrap();
+    conn.execute(format!("PREPARE text_guard AS {sql}").as_str())
+        .await
+        .expect("the store's text search statement prepares");
+    for _ in 0..8 {
+        conn.execute(format!("EXECUTE text_guard({args})").as_str())
+            .await
+            .expect("the store's text search statement runs");
+    }
+    let row = sqlx::query(&format!("EXPLAIN (FORMAT JSON) EXECUTE text_guard({args})"))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    conn.execute("DEALLOCATE text_guard; ROLLBACK")
+        .await
+        .unwrap();
+    let explained: Value = row.get(0);
+    let mut out = Vec::new();
+    nodes(&explained[0]["Plan"], &mut out);
+    out
+}
+
+/// A text search filtered to a small user matches that user's rows one by
+/// one and never reads the whole table's text index: at a million rows the
+/// planner combined the user's btree with the text index, which for a word
+/// every row holds returned every row of the table, and a user of 10 rows
+/// waited 140 ms (bench/results/scale-1000000-halfvec-m24.md). A big user's
+/// search may use the index.
+#[tokio::test]
+async fn a_small_users_text_search_reads_its_rows_not_the_tables_text_index() {
+    let db = TestDb::create(DIM).await;
+    let pool = db.pool().await;
+    seed(&pool).await;
+    let store = Store::from_pool(pool.clone(), &crate::helpers::schema(DIM));
+    let (big, small) = big_and_small_user(&pool).await;
+    let by = |u: Uuid| SearchFilter {
+        user_id: Some(UserId(u)),
+        context_type: None,
+        metadata: None,
+        min_score: None,
+    };
+    assert_eq!(store.vector_plan(&by(small)).await, VectorPlan::Exact);
+    let plan = settled_text_plan(&pool, &by(small), VectorPlan::Exact).await;
+    assert!(
+        !uses(&plan, TSV),
+        "a small user's text search must never read the table's text index, plan: {plan:?}"
+    );
+    // Its results are the user's own, every one of its rows a match.
+    let hits = store
+        .search(
+            &Ranking::Text("realistic memory".into()),
+            &by(small),
+            TopK::parse(Some(50)).unwrap(),
+        )
+        .await
+        .unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM contexts WHERE user_id = $1")
+        .bind(small)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(hits.len() as i64, rows.min(50));
+    assert!(hits.iter().all(|(c, _)| c.user_id.0 == small));
+
+    // A big user's, and one over all rows, may: it finds the few rows of a
+    // rare word.
+    assert_eq!(store.vector_plan(&by(big)).await, VectorPlan::Index);
+    let plan = settled_text_plan(&pool, &by(big), VectorPlan::Index).await;
+    assert!(uses(&plan, TSV), "{plan:?}");
 }
