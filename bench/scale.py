@@ -151,6 +151,8 @@ class Bench:
                 (form, self.args.hnsw_m, self.args.hnsw_ef_construction))[0][0]:
             self.form["build"] = float("nan")
             return
+        if self.args.reuse:
+            self.sql("DROP INDEX IF EXISTS contexts_embedding_hnsw_idx")
         expression = {
             "vector": "embedding vector_cosine_ops",
             "halfvec": f"(l2_normalize(embedding)::halfvec({self.dim})) halfvec_cosine_ops",

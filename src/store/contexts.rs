@@ -389,22 +389,27 @@ impl Store {
         k: TopK,
     ) -> Result<Vec<(Context, f32)>, StoreError> {
         let config = self.text_search_config.as_str();
-        // Text search reads a small user's rows by the user's btree too (see [`push_bm25`]).
         let scan = self.vector_scan(filter).await;
-        let plan = scan.plan.as_str();
-        tracing::Span::current().record("plan", plan);
-        tracing::Span::current().record("index", scan.index.as_str());
-        metrics::counter!("search_plans_total", "plan" => plan).increment(1);
+        // A small user's text ranking reads its own rows (see [`push_bm25`]).
+        let text_plan = self.text_plan(filter).await;
+        if !matches!(ranking, Ranking::Text(_)) {
+            let plan = scan.plan.as_str();
+            tracing::Span::current().record("plan", plan);
+            tracing::Span::current().record("index", scan.index.as_str());
+            metrics::counter!("search_plans_total", "plan" => plan).increment(1);
+        }
         let rows: Vec<ScoredRow> = self
             .on_replica(|pool| async move {
                 let mut sql = match ranking {
                     Ranking::Vector(v) => search_query(v, filter, k, scan),
-                    Ranking::Text(t) => text_search_query(config, t, filter, k, scan.plan),
+                    Ranking::Text(t) => text_search_query(config, t, filter, k, text_plan),
                     Ranking::Hybrid {
                         vector,
                         text,
                         fusion,
-                    } => hybrid_search_query(config, vector, text, filter, k, fusion, scan),
+                    } => hybrid_search_query(
+                        config, vector, text, filter, k, fusion, scan, text_plan,
+                    ),
                 };
                 sql.build_query_as().fetch_all(pool).await
             })
@@ -842,8 +847,8 @@ fn push_filters_with(
 ///   the candidates' count), and the average length the candidates'.
 ///
 /// Cost: one pass over the candidates' tsvectors, as `ts_rank` would take.
-/// A user under the exact limit (`plan` [`VectorPlan::Exact`]) has its rows
-/// read by its btree and matched one by one, as its vector search does.
+/// A small user (`plan` [`VectorPlan::Exact`], see [`Store::text_plan`]) has
+/// its rows read by its btree and matched one by one.
 fn push_bm25(
     sql: &mut QueryBuilder<'_, Postgres>,
     config: &str,
@@ -864,7 +869,7 @@ fn push_bm25(
     // called as a function, which no index serves): with the operator, the
     // planner may combine the user's btree with the text index, which for a
     // common word returns every row of the table (140 ms for a user of 10
-    // rows at a million). A big user, or no user, keeps the index.
+    // rows at a million). A bigger user, or no user, keeps the index.
     let matches = if plan == VectorPlan::Exact {
         "ts_match_vq(embedding_tsv, q.q)"
     } else {
@@ -915,6 +920,7 @@ pub fn text_search_query<'a>(
 
 /// Hybrid mode: the best `fusion.candidates` (at least k) of each ranking,
 /// fused by reciprocal rank fusion (see [`Fusion`]), in one statement.
+#[allow(clippy::too_many_arguments)] // the two rankings' inputs and plans
 pub fn hybrid_search_query<'a>(
     config: &str,
     vector: &[f32],
@@ -923,10 +929,11 @@ pub fn hybrid_search_query<'a>(
     k: TopK,
     fusion: &Fusion,
     scan: VectorScan,
+    text_plan: VectorPlan,
 ) -> QueryBuilder<'a, Postgres> {
     let n = fusion.candidates.max(k.get());
     let mut sql = QueryBuilder::<Postgres>::new("");
-    push_bm25(&mut sql, config, text, filter, scan.plan);
+    push_bm25(&mut sql, config, text, filter, text_plan);
     sql.push(", nearest AS MATERIALIZED (");
     push_nearest(&mut sql, "id", vector, filter, n, scan);
     sql.push(

@@ -100,7 +100,16 @@ struct Snapshot {
     read_at: Option<Instant>,
     /// The users over the exact limit.
     big: HashSet<Uuid>,
+    /// The users over [`TEXT_SCAN_ROWS`].
+    text_big: HashSet<Uuid>,
 }
+
+/// Users up to this many rows have a text search match their own rows one by
+/// one; bigger ones go through the text index. At a million rows, reading a
+/// user's 1,000 rows took 4 ms for a rare word and 30 ms for a word in every
+/// row, where the text index took 0.5 and 146 ms; at 5,000 rows, 20 and 89
+/// ms against 0.8 and 210 (bench/results/scale-1000000-halfvec.md).
+pub const TEXT_SCAN_ROWS: f64 = 2_000.0;
 
 impl TenantSizes {
     /// The plan for `user` (`None`: no user filter) by the last sizes, and whether the sizes (and the index's form) are due for a refresh.
@@ -115,12 +124,19 @@ impl TenantSizes {
         (plan, stale)
     }
 
+    /// Whether `user`'s text search goes through the text index.
+    fn text_index_for(&self, user: Option<Uuid>) -> bool {
+        let snapshot = self.snapshot.read().expect("tenant sizes lock");
+        user.is_none_or(|u| snapshot.text_big.contains(&u))
+    }
+
     /// Replaces the big users (or, given `None`, keeps the last ones) and
     /// marks the sizes read now.
-    fn store(&self, big: Option<HashSet<Uuid>>) {
+    fn store(&self, big: Option<(HashSet<Uuid>, HashSet<Uuid>)>) {
         let mut snapshot = self.snapshot.write().expect("tenant sizes lock");
-        if let Some(big) = big {
+        if let Some((big, text_big)) = big {
             snapshot.big = big;
+            snapshot.text_big = text_big;
         }
         snapshot.read_at = Some(Instant::now());
     }
@@ -146,6 +162,22 @@ impl Store {
                 self.refresh_tenant_sizes().await;
                 self.tenants.plan_of(user).0
             }
+        }
+    }
+
+    /// How a text search with `filter` reaches its rows: [`VectorPlan::Exact`]
+    /// for a user up to [`TEXT_SCAN_ROWS`] (its own rows, matched one by
+    /// one), else [`VectorPlan::Index`] (the text index), or
+    /// [`VectorPlan::Global`] without a user filter.
+    pub async fn text_plan(&self, filter: &SearchFilter) -> VectorPlan {
+        let user = filter.user_id.map(|u| u.0);
+        if self.tenants.plan_of(user).1 {
+            self.refresh_tenant_sizes().await;
+        }
+        match user {
+            None => VectorPlan::Global,
+            Some(_) if self.tenants.text_index_for(user) => VectorPlan::Index,
+            Some(_) => VectorPlan::Exact,
         }
     }
 
@@ -175,12 +207,21 @@ impl Store {
                     self.set_vector_index(index);
                 }
                 let limit = exact_limit(r.rows);
-                let users = r.users.unwrap_or_default().into_iter();
-                users
+                let sizes: Vec<(Uuid, f64)> = r
+                    .users
+                    .unwrap_or_default()
+                    .into_iter()
                     .zip(r.shares.unwrap_or_default())
-                    .filter(|&(_, share)| f64::from(share) * r.rows > limit)
-                    .map(|(user, _)| user)
-                    .collect()
+                    .map(|(user, share)| (user, f64::from(share) * r.rows))
+                    .collect();
+                let over = |limit: f64| {
+                    sizes
+                        .iter()
+                        .filter(|&&(_, rows)| rows > limit)
+                        .map(|&(user, _)| user)
+                        .collect::<HashSet<_>>()
+                };
+                (over(limit), over(TEXT_SCAN_ROWS))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "users' sizes not read: the last ones are kept");
