@@ -108,7 +108,8 @@ struct Snapshot {
 /// one; bigger ones go through the text index. At a million rows, reading a
 /// user's 1,000 rows took 4 ms for a rare word and 30 ms for a word in every
 /// row, where the text index took 0.5 and 146 ms; at 5,000 rows, 20 and 89
-/// ms against 0.8 and 210 (bench/results/scale-1000000-halfvec.md).
+/// ms against 0.8 and 210 (own rows: bench/results/scale-1000000-halfvec.md;
+/// the index: scale-1000000-halfvec-m24.md).
 pub const TEXT_SCAN_ROWS: f64 = 2_000.0;
 
 impl TenantSizes {
