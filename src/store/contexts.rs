@@ -389,15 +389,28 @@ impl Store {
         k: TopK,
     ) -> Result<Vec<(Context, f32)>, StoreError> {
         let config = self.text_search_config.as_str();
-        let scan = self.vector_scan(filter).await;
+        // Each ranking's plan is read only for the modes that rank by it.
+        let scan = match ranking {
+            Ranking::Text(_) => VectorScan {
+                plan: VectorPlan::Global,
+                index: self.vector_index(),
+                dim: self.dim(),
+                ef_search: self.ef_search,
+            },
+            Ranking::Vector(_) | Ranking::Hybrid { .. } => {
+                let scan = self.vector_scan(filter).await;
+                let plan = scan.plan.as_str();
+                tracing::Span::current().record("plan", plan);
+                tracing::Span::current().record("index", scan.index.as_str());
+                metrics::counter!("search_plans_total", "plan" => plan).increment(1);
+                scan
+            }
+        };
         // A small user's text ranking reads its own rows (see [`push_bm25`]).
-        let text_plan = self.text_plan(filter).await;
-        if !matches!(ranking, Ranking::Text(_)) {
-            let plan = scan.plan.as_str();
-            tracing::Span::current().record("plan", plan);
-            tracing::Span::current().record("index", scan.index.as_str());
-            metrics::counter!("search_plans_total", "plan" => plan).increment(1);
-        }
+        let text_plan = match ranking {
+            Ranking::Vector(_) => VectorPlan::Global, // unused
+            Ranking::Text(_) | Ranking::Hybrid { .. } => self.text_plan(filter).await,
+        };
         let rows: Vec<ScoredRow> = self
             .on_replica(|pool| async move {
                 let mut sql = match ranking {

@@ -114,6 +114,12 @@ async fn settled_plan(
     let args = args.join(", ");
 
     let mut conn = pool.acquire().await.unwrap();
+    next_plan(&mut conn, &sql, &args).await
+}
+
+/// `sql` prepared on `conn` and executed with `args` more times than the plan
+/// cache needs to settle; the nodes of the plan the next execution will use.
+async fn next_plan(conn: &mut sqlx::PgConnection, sql: &str, args: &str) -> Vec<String> {
     conn.execute(format!("PREPARE guard AS {sql}").as_str())
         .await
         .expect("the store's search statement prepares");
@@ -354,25 +360,9 @@ async fn settled_text_plan(pool: &PgPool, filter: &SearchFilter, plan: VectorPla
     conn.execute("BEGIN; DROP INDEX contexts_user_created_idx, contexts_user_id_context_type_idx; SET LOCAL enable_seqscan = off")
         .await
         .unwrap();
-    conn.execute(format!("PREPARE text_guard AS {sql}").as_str())
-        .await
-        .expect("the store's text search statement prepares");
-    for _ in 0..8 {
-        conn.execute(format!("EXECUTE text_guard({args})").as_str())
-            .await
-            .expect("the store's text search statement runs");
-    }
-    let row = sqlx::query(&format!("EXPLAIN (FORMAT JSON) EXECUTE text_guard({args})"))
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    conn.execute("DEALLOCATE text_guard; ROLLBACK")
-        .await
-        .unwrap();
-    let explained: Value = row.get(0);
-    let mut out = Vec::new();
-    nodes(&explained[0]["Plan"], &mut out);
-    out
+    let plan = next_plan(&mut conn, &sql, &args).await;
+    conn.execute("ROLLBACK").await.unwrap();
+    plan
 }
 
 /// A text search filtered to a small user matches that user's rows one by
