@@ -56,44 +56,44 @@ def log(msg: str) -> None:
     print(f"ingest: {msg}", file=sys.stderr, flush=True)
 
 
-def bodies(rows: int, batch: int, seed: int = 7) -> tuple[list[bytes], np.ndarray]:
-    """The batch bodies, and a few vectors of the same clusters as queries."""
+def items(rows: int, batch: int, seed: int = 7):
+    """The items, a batch at a time: (number, user, JSON-quoted text, vector JSON) each.
+    The same for every run with the same arguments."""
     space = data._Space(20261201)
     rng = np.random.default_rng(seed)
-    out = []
     for start in range(0, rows, batch):
         n = min(batch, rows - start)
         vectors = space.sample(rng, n)
         users = rng.integers(len(data.USERS), size=n)
-        items = []
-        for i in range(n):
-            text = json.dumps(f"memory {start + i}: the user mentioned a preference for tea in the morning")
-            items.append(f'{{"user_id":"{data.USERS[users[i]]}","context_type":"note",'
-                         f'"content":{{"text":{text}}},"text":{text},"metadata":{{"n":{start + i}}},'
-                         f'"embedding":{data.vec_json(vectors[i])}}}')
-        out.append(('{"items":[' + ",".join(items) + "]}").encode())
-    return out, space.sample(np.random.default_rng(seed + 1), 50)
+        yield [(start + i, data.USERS[users[i]],
+                json.dumps(f"memory {start + i}: the user mentioned a preference for tea in the morning"),
+                data.vec_json(vectors[i])) for i in range(n)]
 
 
-def import_file(path: Path, rows: int, batch: int, seed: int = 7) -> None:
-    """The same items as `bodies` (same vectors, users and texts), as an export file
-    (NDJSON, one context a line) for `context-api import`, written as it is made."""
-    space = data._Space(20261201)
-    rng = np.random.default_rng(seed)
+def queries(seed: int = 7) -> np.ndarray:
+    """A few vectors of the same clusters as the items, as queries."""
+    return data._Space(20261201).sample(np.random.default_rng(seed + 1), 50)
+
+
+def bodies(rows: int, batch: int) -> list[bytes]:
+    """The items as `POST /contexts/batch` bodies."""
+    return [('{"items":[' + ",".join(
+        f'{{"user_id":"{user}","context_type":"note","content":{{"text":{text}}},"text":{text},'
+        f'"metadata":{{"n":{n}}},"embedding":{vec}}}' for n, user, text, vec in chunk) + "]}").encode()
+        for chunk in items(rows, batch)]
+
+
+def import_file(path: Path, rows: int, batch: int) -> None:
+    """The same items as an export file (NDJSON, one context a line) for
+    `context-api import`, written as they are made."""
     stamp = "2026-12-01T00:00:00Z"
     with open(path, "w") as f:
-        for start in range(0, rows, batch):
-            n = min(batch, rows - start)
-            vectors = space.sample(rng, n)
-            users = rng.integers(len(data.USERS), size=n)
-            lines = []
-            for i in range(n):
-                text = json.dumps(f"memory {start + i}: the user mentioned a preference for tea in the morning")
-                lines.append(f'{{"id":"{uuid.UUID(int=start + i + 1)}","user_id":"{data.USERS[users[i]]}",'
-                             f'"context_type":"note","content":{{"text":{text}}},"metadata":{{"n":{start + i}}},'
-                             f'"expires_at":null,"created_at":"{stamp}","updated_at":"{stamp}","version":1,'
-                             f'"text":{text},"embedding":{data.vec_json(vectors[i])},"model":null}}\n')
-            f.write("".join(lines))
+        for chunk in items(rows, batch):
+            f.write("".join(
+                f'{{"id":"{uuid.UUID(int=n + 1)}","user_id":"{user}","context_type":"note",'
+                f'"content":{{"text":{text}}},"metadata":{{"n":{n}}},"expires_at":null,'
+                f'"created_at":"{stamp}","updated_at":"{stamp}","version":1,"text":{text},'
+                f'"embedding":{vec},"model":null}}\n' for n, user, text, vec in chunk))
 
 
 class Bench:
@@ -295,13 +295,13 @@ class Bench:
         if self.args.via == "import":
             self.file = self.work / "contexts.ndjson"
             import_file(self.file, self.args.rows, self.args.batch)
-            batches, queries = None, data._Space(20261201).sample(np.random.default_rng(8), 50)
+            batches = None
             log(f"{self.file.stat().st_size / 2**20:,.0f} MiB of NDJSON written in {time.monotonic() - t0:.1f} s")
         else:
-            batches, queries = bodies(self.args.rows, self.args.batch)
+            batches = bodies(self.args.rows, self.args.batch)
             log(f"{len(batches)} bodies of {self.args.batch} items generated in {time.monotonic() - t0:.1f} s")
         for form in self.args.vector_index.split(","):
-            self.one_form(form, batches, queries)
+            self.one_form(form, batches, queries())
         self.report()
         for f in self.failures:
             log(f"FAILED: {f}")
