@@ -308,22 +308,40 @@ write_replica_conf() {
     chown "$PG_USER:" "$PG_ROOT/replica/context-api-test.conf"
 }
 
+# A standby that runs but has lost its place: the primary recycled WAL it had
+# not yet received (a bulk load, such as bench/scale.sh's million rows, while
+# it lagged or was stopped). It would wait forever; only a new copy helps.
+# replica_lost [LINE]: its log says so, in its last 20 lines (after LINE).
+replica_lost() {
+    tail -n "+$((${1:-0} + 1))" "$PG_LOGDIR/replica.log" 2>/dev/null | tail -n 20 \
+        | grep -q "requested WAL segment .* has already been removed"
+}
+
 start_replica() {
     pg_running || die "the primary is not running: 'scripts/services.sh start' first"
+    if replica_running && replica_lost; then
+        log "the standby has lost its place in the primary's WAL: taking a new base backup"
+        as_pg "$PG_BIN/pg_ctl" stop -D "$PG_ROOT/replica" -m fast -w -t 60 >/dev/null 2>&1 || true
+        rm -rf "$PG_ROOT/replica"
+    fi
     if replica_running; then
         log "postgres standby already running on 127.0.0.1:$PG_REPLICA_PORT"
         return 0
     fi
-    local attempt
+    local attempt seen
     for attempt in 1 2; do
         init_replica
         write_replica_conf
         log "starting the postgres standby on 127.0.0.1:$PG_REPLICA_PORT"
+        seen="$(wc -l <"$PG_LOGDIR/replica.log" 2>/dev/null || echo 0)"
         if as_pg "$PG_BIN/pg_ctl" start -D "$PG_ROOT/replica" -l "$PG_LOGDIR/replica.log" -w -t 60 \
             >/dev/null 2>&1 9>&-; then
-            return 0
+            sleep 1
+            replica_lost "$seen" || return 0
+            as_pg "$PG_BIN/pg_ctl" stop -D "$PG_ROOT/replica" -m fast -w -t 60 >/dev/null 2>&1 || true
         fi
-        # A standby of an older cluster (the primary was made again): copy anew.
+        # A standby of an older cluster (the primary was made again), or one
+        # that has lost its place in the WAL: copy anew.
         tail -n 5 "$PG_LOGDIR/replica.log" >&2 || true
         ((attempt == 1)) && { log "the standby did not start: taking a new base backup"; rm -rf "$PG_ROOT/replica"; }
     done
