@@ -19,7 +19,7 @@
 //! (bench/results/scale-300000.md, bench/README.md). So the store chooses,
 //! and writes the choice into the statement: the exact plan hides the
 //! distance from the index (`+ 0`); the index plan hides the user from the
-//! btree (`user_id::text = ..`).
+//! btree (`uuid_eq(user_id, ..)`).
 //!
 //! A user's size is the planner's own estimate: the most common values of
 //! `contexts.user_id` in `pg_stats` (kept by ANALYZE and autovacuum), read at

@@ -123,12 +123,13 @@ impl VectorIndex {
 /// for them (`ef_construction`). On the suite's 768-d data at pgvector's
 /// defaults (16, 64) recall@10 stops near 0.93 at 300,000 rows whatever
 /// `ef_search`, and falls to 0.84 at a million: the graph, not the search,
-/// is the limit (bench/results/hnsw-graph-300000.md). The default keeps
-/// pgvector's `m` and doubles `ef_construction`: 0.974 at 300,000 rows for
-/// 1.34 times the build, the same index size. A larger `m` buys more (0.994
-/// with 24) but pgvector costs an index scan in proportion to `m`, and on a
-/// table of 10,000 rows the planner then took a seq scan for a big user's
-/// search (the plan guard, tests/api/plan.rs).
+/// is the limit (bench/results/hnsw-graph-300000.md). The default, m 24 and
+/// ef_construction 128, keeps recall@10 at 0.98 at a million rows (0.89 with
+/// m 16) for 1.26 times m 16's build and the same `halfvec` index size
+/// (bench/results/scale-1000000-halfvec-m24.md). pgvector costs an index
+/// scan in proportion to `m`; a big user's search keeps the index plan on
+/// small tables because the statement tells the planner the user is big
+/// (see `push_nearest` in contexts.rs and the plan guard, tests/api/plan.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HnswGraph {
     pub m: u16,
@@ -173,7 +174,7 @@ impl HnswGraph {
 impl Default for HnswGraph {
     fn default() -> Self {
         Self {
-            m: 16,
+            m: 24,
             ef_construction: 128,
         }
     }

@@ -191,10 +191,10 @@ async fn migrate_rebuilds_the_hnsw_graph_when_asked_and_keeps_it_otherwise() {
     let pool = app.db.pool().await;
     let definition = index_definition(&pool).await;
     assert!(
-        definition.contains("m='16'") && definition.contains("ef_construction='128'"),
+        definition.contains("m='24'") && definition.contains("ef_construction='128'"),
         "a new database gets the default graph: {definition}"
     );
-    assert_eq!(recorded_graph(&pool).await, (16, 128));
+    assert_eq!(recorded_graph(&pool).await, (24, 128));
     for i in 0..20 {
         app.create(
             app.alice.id,
