@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -411,7 +412,9 @@ class Bench:
         bench's maintenance settings, its server started by its run.sh (2 workers). Then,
         over all rows and for the five largest users: recall@10 of the same 50 searches
         through each, and wrk at 32 connections on the same request file, the two
-        stacks alternating, twice each, 15 s a run."""
+        stacks alternating, twice each, 15 s a run. With --reuse, a peer database of
+        the same row count with its index is kept as it is. With --peer-ef-search, the
+        comparison is made again with the service at each of those HNSW_EF_SEARCH."""
         peer_dir = Path(os.environ.get("PEER_DIR", REPO.parent / "shared" / "peers" / "fastapi")).resolve()
         if not (peer_dir / "run.sh").is_file():
             self.failures.append(f"peer: no run.sh in {peer_dir} (set PEER_DIR)")
@@ -419,6 +422,21 @@ class Bench:
         db = "bench_scale_peer"
         url = self.admin_url.rsplit("/", 1)[0] + "/" + db
         psql = str(Path(os.path.realpath(REPO / ".services" / "pg")) / "install" / "bin" / "psql")
+        if self.args.reuse and self.peer_kept(db, url):
+            self.facts["peer: its rows and index"] = "kept (--reuse)"
+        else:
+            self.peer_seed(db, url, psql, peer_dir)
+        self.peer_compare(url, peer_dir)
+
+    def peer_kept(self, db, url):
+        """Whether the peer's database is there with this one's rows and its index."""
+        if not self.sql("SELECT 1 FROM pg_database WHERE datname = %s", (db,), url=self.admin_url):
+            return False
+        return self.sql("SELECT (SELECT count(*) FROM contexts) = %s AND to_regclass('idx_contexts_embedding_hnsw') "
+                        "IS NOT NULL", (self.sql("SELECT count(*) FROM contexts")[0][0],), url=url)[0][0]
+
+    def peer_seed(self, db, url, psql, peer_dir):
+        """The peer's database made as its schema.sql makes it, seeded from this one, its index built."""
         self.sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", url=self.admin_url)
         self.sql(f"CREATE DATABASE {db}", url=self.admin_url)
         subprocess.run([psql, url, "-q", "-v", "ON_ERROR_STOP=1", "-v", f"dim={self.dim}", "-f",
@@ -447,6 +465,9 @@ class Bench:
         size = self.sql("SELECT pg_relation_size('idx_contexts_embedding_hnsw')", url=url)[0][0]
         self.facts["peer: its HNSW index (vector, m 16, ef_construction 64)"] = (
             f"{size / 2**20:,.0f} MiB, built in {build:,.0f} s")
+
+    def peer_compare(self, url, peer_dir):
+        """Recall and alternating wrk rounds, the service at its HNSW_EF_SEARCH, then at each --peer-ef-search."""
         port = free_port()
         peer_key = "scale-bench-peer-key"
         env = dict(os.environ, DATABASE_URL=url, REDIS_URL=os.environ["TEST_REDIS_URL"].rstrip("/") + "/5",
@@ -461,15 +482,28 @@ class Bench:
         work = self.work / "peer"
         work.mkdir(exist_ok=True)
         self.form["peer"] = []
+        for ef in [None] + [int(v) for v in self.args.peer_ef_search.split(",") if v]:
+            if ef:
+                self.procs.pop().stop()
+                self.serve(ef)
+                stacks["context-api"] = self.api
+            self.peer_rounds(stacks, keys, work, ef)
+
+    def peer_rounds(self, stacks, keys, work, ef):
+        """One comparison: the largest users, then all rows (the exact rankings made once)."""
+        exact_by = self.__dict__.setdefault("peer_exact", {})
         for label, users in self.bucket_list:
             if label.split(" (")[0] not in ("the 5 largest", "all rows"):
                 continue
             bodies = [search_body(users, i, vector=json.loads(q)) for i, q in enumerate(self.query_vectors)]
-            exact = [set(self.exact_ids(q, b.get("user_id"))) for q, b in zip(self.query_vectors, bodies)]
+            if label not in exact_by:
+                exact_by[label] = [set(self.exact_ids(q, b.get("user_id")))
+                                   for q, b in zip(self.query_vectors, bodies)]
+            exact = exact_by[label]
             requests = wrk.write_requests(work / "requests.tsv",
                                           [("POST", "/contexts/search", json.dumps(b, separators=(",", ":")))
                                            for b in bodies])
-            row = {"bucket": label}
+            row = {"bucket": label, "ef": ef}
             for name, api in stacks.items():
                 recalls = []
                 for b, ex in zip(bodies, exact):
@@ -532,7 +566,8 @@ class Bench:
             g, big = by.get("all rows"), by.get("the 5 largest")
             cells = [f"{g['p50']:.1f} ms", f"{g['recall']:.3f}"] if g else ["", ""]
             cells += [f"{big['p50']:.1f} ms", f"{big['p99']:.1f} ms", f"{big['recall']:.3f}"] if big else ["", "", ""]
-            lines.append(f"| `{f['name']}` | {mib(f['index size'])} | {f['build']:.1f} s | " + " | ".join(cells) + " |")
+            build = "kept (--reuse)" if math.isnan(f["build"]) else f"{f['build']:.1f} s"
+            lines.append(f"| `{f['name']}` | {mib(f['index size'])} | {build} | " + " | ".join(cells) + " |")
         lines += ["", "Searches through the API, one connection, k = 10, 50 stored vectors as queries, the same",
                   "for every form, right after the index is built (cold: the pages the build left in",
                   "shared_buffers, the rest read from disk), then the same searches again (warm).",
@@ -571,12 +606,14 @@ class Bench:
                       "connections, 2 threads, 15 s, on the same request file, the stacks alternating, twice",
                       "each (the mean of the two rounds; p50 and p99 of the second). Both stacks, their",
                       "Postgres databases and wrk share the 2 cores and the 6 GB of shared_buffers.", "",
+                      "The service's HNSW_EF_SEARCH is its default unless the row names another (--peer-ef-search).", "",
                       "| search | context-api req/s | peer req/s | ratio | context-api p50 / p99 | peer p50 / p99 "
                       "| context-api recall@10 | peer recall@10 |",
                       "|---|--:|--:|--:|--:|--:|--:|--:|"]
             for r in f["peer"]:
                 ours, theirs = statistics.mean(r["context-api rps"]), statistics.mean(r["FastAPI peer rps"])
-                lines.append(f"| {r['bucket']} | {ours:,.0f} | {theirs:,.0f} | {ours / max(theirs, 1e-9):.2f} | "
+                bucket = r["bucket"] + (f", HNSW_EF_SEARCH {r['ef']}" if r.get("ef") else "")
+                lines.append(f"| {bucket} | {ours:,.0f} | {theirs:,.0f} | {ours / max(theirs, 1e-9):.2f} | "
                              f"{r['context-api p50'][-1]:.1f} / {r['context-api p99'][-1]:.1f} ms | "
                              f"{r['FastAPI peer p50'][-1]:.1f} / {r['FastAPI peer p99'][-1]:.1f} ms | "
                              f"{r['context-api recall']:.3f} | {r['FastAPI peer recall']:.3f} |")
@@ -684,7 +721,7 @@ def main():
                     help="the forms of the index to measure, in turn (VECTOR_INDEX values, comma-separated)")
     ap.add_argument("--ef-search", default="",
                     help="after the warm pass, the searches again with the service's HNSW_EF_SEARCH at each of these (e.g. 100,200,400)")
-    ap.add_argument("--hnsw-m", type=int, default=16, help="the graph's m (HNSW_M; the service's default)")
+    ap.add_argument("--hnsw-m", type=int, default=24, help="the graph's m (HNSW_M; the service's default)")
     ap.add_argument("--hnsw-ef-construction", type=int, default=128,
                     help="the graph's ef_construction (HNSW_EF_CONSTRUCTION; the service's default)")
     ap.add_argument("--text-modes", action="store_true",
@@ -693,6 +730,8 @@ def main():
                     help="the API beside its own SQL in pgbench, the same query vectors, at 1 and 32 connections")
     ap.add_argument("--peer", action="store_true",
                     help="with the last form: the FastAPI peer (PEER_DIR, default ../shared/peers/fastapi) on the same rows")
+    ap.add_argument("--peer-ef-search", default="",
+                    help="with --peer: the comparison again with the service at each of these HNSW_EF_SEARCH (e.g. 40)")
     ap.add_argument("--reuse", action="store_true",
                     help="the database a --keep run left, as it is: no seed; an index of the form asked for is kept")
     ap.add_argument("--smoke", action="store_true")
