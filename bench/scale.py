@@ -225,9 +225,11 @@ class Bench:
         return out
 
     def queries(self):
-        self.sql("SELECT setseed(0.42)")
+        """The query vectors: stored rows chosen by a hash of their id, so that runs on
+        the same database (--reuse) search with the same ones. (A setseed() on one
+        connection did not reach the random() of the next: every run had its own.)"""
         return [r[0] for r in self.sql(
-            f"SELECT embedding::text FROM contexts ORDER BY random() LIMIT {self.args.queries}")]
+            f"SELECT embedding::text FROM contexts ORDER BY hashtext(id::text), id LIMIT {self.args.queries}")]
 
     def exact_ids(self, vector: str, user: str | None) -> list[str]:
         """The true 10 nearest visible rows to `vector` (pgvector text), of `user` if given."""
