@@ -13,7 +13,16 @@
 #      results (ids, order, scores) for fixed queries in every search mode,
 #      and an HNSW index that is valid and chosen by the planner.
 #
-#   scripts/restore-drill.sh
+#   scripts/restore-drill.sh [--from DB] [--maintenance-work-mem SIZE]
+#
+# --from DB: step 1 is an existing database of the local Postgres instead
+# (a million rows kept by `bench/scale.sh --keep`: `--from bench_scale`),
+# left as it is. The fixed queries are then each filtered to one of four
+# small users, whose searches are exact (the store's plan for them), so that
+# they must match whatever graph the restore rebuilt. Each step's time, the
+# dump's size and the restore's settings are printed. --maintenance-work-mem
+# replaces the documented line's (the index build's memory: a million 768-d
+# `halfvec` vectors need about 2GB to build in memory).
 set -euo pipefail
 SCRIPT_NAME=restore-drill DIE_PREFIX=FAIL
 # shellcheck source=scripts/lib/common.sh
@@ -24,14 +33,24 @@ exec </dev/null
 ROWS=600
 DIM=64
 SRC=drill_src DST=drill_dst
+FROM="" MWM=""
+while (($#)); do
+    case "$1" in
+        --from) FROM="${2:?--from needs a database name}"; shift 2 ;;
+        --maintenance-work-mem) MWM="${2:?--maintenance-work-mem needs a size}"; shift 2 ;;
+        *) die "unknown argument: $1 (see the header)" ;;
+    esac
+done
+[[ -z "$FROM" ]] || SRC="$FROM"
+USERS=()
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/restore-drill.XXXXXX")"
 PIDS=()
 cleanup() {
     local rc=$?
     if ((${#PIDS[@]})); then kill "${PIDS[@]}" 2>/dev/null || true; fi
     if [[ -n "${PSQL:-}" ]]; then
-        "$PSQL" -X -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS $SRC WITH (FORCE)" \
-            -c "DROP DATABASE IF EXISTS $DST WITH (FORCE)" 2>/dev/null || true
+        [[ -n "$FROM" ]] || "$PSQL" -X -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS $SRC WITH (FORCE)" 2>/dev/null || true
+        "$PSQL" -X -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS $DST WITH (FORCE)" 2>/dev/null || true
     fi
     if ((rc)); then log "logs kept in $WORK"; else rm -rf "$WORK"; fi
     return "$rc"
@@ -55,14 +74,18 @@ serve() {
     wait_http "$SERVE_URL/ready" 30 || { cat "$2" >&2; die "the service on $1 did not become ready"; }
 }
 
-# results FILE: the fixed queries, in every mode, through the API.
+# results FILE: the fixed queries, in every mode, through the API (with --from,
+# query i filtered to the small user USERS[i]).
 results() {
-    local out="$1" q mode
+    local out="$1" q mode i=0 user
     : >"$out"
     for q in "topic 3 and colour 1" "a note about topic 5" "colour 4" "note 17"; do
+        user=""
+        [[ -z "$FROM" ]] || user=",\"user_id\":\"${USERS[$i]}\""
+        i=$((i + 1))
         for mode in vector text hybrid; do
             curl -sf "${AUTH[@]}" -H 'Content-Type: application/json' \
-                -d "{\"query\":\"$q\",\"mode\":\"$mode\",\"k\":10}" "$SERVE_URL/contexts/search" \
+                -d "{\"query\":\"$q\",\"mode\":\"$mode\",\"k\":10$user}" "$SERVE_URL/contexts/search" \
                 | python3 -c 'import json,sys; b=json.load(sys.stdin)
 print(json.dumps([[r["context"]["id"], round(r["score"], 6)] for r in b["results"]]))' >>"$out" \
                 || die "search $mode \"$q\" failed"
@@ -75,19 +98,37 @@ count() { "$PSQL" -X -qtA "${TEST_DATABASE_URL%/*}/$1" -c "SELECT count(*) FROM 
 phase "build and services"
 cargo build --release --quiet --bin context-api || die "cargo build --release failed"
 tei="$(ensure_tei_stub)"
-scratch_db "$SRC"
+if [[ -n "$FROM" ]]; then
+    "$REPO/scripts/services.sh" start
+    eval "$("$REPO/scripts/services.sh" env)"
+    SCRATCH_DB_URL="${TEST_DATABASE_URL%/*}/$SRC"
+    DIM="$("$PSQL" -X -qtA "$SCRATCH_DB_URL" -c "SELECT dim FROM embedding_state")" \
+        || die "$SRC is not a context-api database"
+else
+    scratch_db "$SRC"
+fi
 PG_BIN_DIR="$(dirname "$PSQL")"
 tei_port="$(free_port)"
 TEI_URL="http://127.0.0.1:$tei_port"
 "$tei" --port "$tei_port" --dim "$DIM" >/dev/null 2>&1 &
 PIDS+=($!)
-DATABASE_URL="$SCRATCH_DB_URL" EMBEDDING_DIM="$DIM" LOG_LEVEL=warn \
+[[ -n "$FROM" ]] || DATABASE_URL="$SCRATCH_DB_URL" EMBEDDING_DIM="$DIM" LOG_LEVEL=warn \
     "$REPO/target/release/context-api" migrate >/dev/null || die "migrate failed"
 
-phase "a database with $ROWS contexts, written through the API"
+if [[ -n "$FROM" ]]; then
+    phase "the database $FROM, as it is"
+    mapfile -t USERS < <("$PSQL" -X -qtA "$SCRATCH_DB_URL" -c \
+        "SELECT user_id FROM contexts GROUP BY user_id HAVING count(*) BETWEEN 5 AND 100 ORDER BY user_id LIMIT 4")
+    ((${#USERS[@]} == 4)) || die "$FROM has fewer than four users of 5 to 100 contexts"
+    ROWS="$(count "$SRC")"
+    log "$ROWS contexts of $DIM dimensions, $("$PSQL" -X -qtA "$SCRATCH_DB_URL" -c \
+        "SELECT pg_size_pretty(pg_database_size(current_database()))")"
+fi
+[[ -n "$FROM" ]] || phase "a database with $ROWS contexts, written through the API"
 serve "$SRC" "$WORK/src.log"
-for start in $(seq 0 100 $((ROWS - 1))); do
-    python3 - "$start" >"$WORK/batch.json" <<'PY'
+if [[ -z "$FROM" ]]; then
+    for start in $(seq 0 100 $((ROWS - 1))); do
+        python3 - "$start" >"$WORK/batch.json" <<'PY'
 import json, sys, uuid
 start = int(sys.argv[1])
 user = "0190a4f0-0000-7000-8000-000000000001"
@@ -97,9 +138,10 @@ print(json.dumps({"items": [
      "metadata": {"i": i}}
     for i in range(start, start + 100)]}))
 PY
-    curl -sf "${AUTH[@]}" -H 'Content-Type: application/json' --data-binary "@$WORK/batch.json" \
-        "$SERVE_URL/contexts/batch" >/dev/null || die "batch create failed"
-done
+        curl -sf "${AUTH[@]}" -H 'Content-Type: application/json' --data-binary "@$WORK/batch.json" \
+            "$SERVE_URL/contexts/batch" >/dev/null || die "batch create failed"
+    done
+fi
 results "$WORK/before.txt"
 before_rows="$(count "$SRC")"
 [[ "$before_rows" == "$ROWS" ]] || die "expected $ROWS rows, found $before_rows"
@@ -121,6 +163,11 @@ kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true
 # The documented pg_restore line, as written there, with this drill's names.
 line="$(grep -m1 -o 'pg_restore .*/tmp/context.dump' docs/deployment.md)" || die "docs/deployment.md has no pg_restore line"
 log "docs/deployment.md: $line"
+# The settings it gives the restoring session (the index build's maintenance_work_mem).
+pgoptions="$(grep -m1 'pg_restore .*/tmp/context.dump' docs/deployment.md | sed -n "s/.*PGOPTIONS=[\"']\([^\"']*\)[\"'].*/\1/p")"
+[[ -n "$pgoptions" ]] || die "docs/deployment.md's pg_restore line sets no PGOPTIONS (maintenance_work_mem)"
+[[ -z "$MWM" ]] || pgoptions="-c maintenance_work_mem=$MWM"
+log "PGOPTIONS: $pgoptions"
 read -r -a restore <<<"$line"
 db_user="$(python3 -c 'import sys, urllib.parse as u; print(u.urlparse(sys.argv[1]).username)' "$TEST_DATABASE_URL")"
 args=()
@@ -132,7 +179,8 @@ for ((i = 1; i < ${#restore[@]}; i++)); do
         *) args+=("${restore[$i]}") ;;
     esac
 done
-"$PG_BIN_DIR/pg_restore" "${args[@]}" 2>"$WORK/restore.log" || { cat "$WORK/restore.log" >&2; die "pg_restore failed"; }
+PGOPTIONS="$pgoptions" "$PG_BIN_DIR/pg_restore" "${args[@]}" 2>"$WORK/restore.log" \
+    || { cat "$WORK/restore.log" >&2; die "pg_restore failed"; }
 # "start the writers again"
 serve "$DST" "$WORK/dst.log"
 
