@@ -102,7 +102,7 @@ if [[ -n "$FROM" ]]; then
     "$REPO/scripts/services.sh" start
     eval "$("$REPO/scripts/services.sh" env)"
     SCRATCH_DB_URL="${TEST_DATABASE_URL%/*}/$SRC"
-    DIM="$("$PSQL" -X -qtA "$SCRATCH_DB_URL" -c "SELECT dim FROM embedding_state")" \
+    DIM="$("$PSQL" -X -qtA "$SCRATCH_DB_URL" -c "SELECT vector_dims(embedding) FROM contexts WHERE embedding IS NOT NULL LIMIT 1")" \
         || die "$SRC is not a context-api database"
 else
     scratch_db "$SRC"
