@@ -527,6 +527,81 @@ class Bench:
             self.form["peer"].append(row)
             log(f"  peer, {label}: {row}")
 
+    def routes(self):
+        """The other routes at this size, through wrk at 1 and 32 connections (15 s; 3 in the
+        smoke): get by id (100,000 distinct ids, so mostly not cached), list (a user's newest
+        20, for users of ~100 rows and the largest), create and batch create (50 items, under
+        the default 1 MiB body) with
+        the vectors given, for a user of the bench's own; then delete, that user's rows each
+        once (wrk would repeat them), from 1 and 32 Python threads. The rows written are
+        removed in SQL at the end, so a kept database keeps its rows."""
+        writer = "00000000-0000-4000-8000-0000000000aa"
+        secs = 3 if self.args.smoke else 15
+        work = self.work / "routes"
+        work.mkdir(exist_ok=True)
+        ids = [r[0] for r in self.sql("SELECT id::text FROM contexts WHERE is_active "
+                                      "ORDER BY hashtext(id::text) LIMIT 100000")]
+        users = [u for label, us in self.bucket_list if label.startswith(("~100 rows", "the 5 largest"))
+                 for u, _ in us]
+        vecs = [json.loads(q) for q in self.query_vectors]
+
+        def item(n):
+            return {"user_id": writer, "context_type": "note", "content": {"text": f"routes bench {n}"},
+                    "metadata": {"n": n}, "embedding": vecs[n % len(vecs)]}
+
+        def dump(body):
+            return json.dumps(body, separators=(",", ":"))
+
+        scenarios = [
+            ("get by id (100,000 ids)", [("GET", f"/contexts/{i}", "") for i in ids]),
+            ("list: a user's newest 20", [("GET", f"/contexts?user_id={u}&limit=20", "") for u in users]),
+            ("create, the vector given", [("POST", "/contexts", dump(item(n))) for n in range(50)]),
+            ("batch create, 50 items with vectors",
+             [("POST", "/contexts/batch", dump({"items": [item(b * 50 + n) for n in range(50)]})) for b in range(5)]),
+        ]
+        self.form["routes"] = []
+        try:
+            for label, lines in scenarios:
+                requests = wrk.write_requests(work / "requests.tsv", lines)
+                row = {"route": label}
+                for conns in (1, 32):
+                    wrk.THREADS = min(2, conns)
+                    r = wrk.run_wrk(self.api.base_url, KEY, label, conns, secs, requests_file=requests,
+                                    service_pid=self.procs[-1].popen.pid)
+                    if r.status_errors or r.socket_errors:
+                        self.failures.append(f"routes, {label}, {conns} connections: {r.errors} errors under wrk")
+                    row[conns] = (r.rps, r.latency_us["p50"] / 1000, r.latency_us["p99"] / 1000)
+                self.form["routes"].append(row)
+                log(f"  routes, {label}: {row}")
+            self.deletes(writer)
+        finally:
+            self.sql("DELETE FROM contexts WHERE user_id = %s::uuid", (writer,))
+
+    def deletes(self, writer):
+        """DELETE /contexts/{id} of the writer's rows, each once: 1 thread, then 32."""
+        from concurrent.futures import ThreadPoolExecutor
+        ids = [r[0] for r in self.sql("SELECT id::text FROM contexts WHERE user_id = %s::uuid AND is_active",
+                                      (writer,))]
+        n1 = min(300 if not self.args.smoke else 50, len(ids) // 4)
+        row = {"route": "delete (each row once; Python threads)"}
+        for conns, batch in ((1, ids[:n1]), (32, ids[n1:])):
+            def one(i):
+                t0 = time.perf_counter()
+                status, _ = self.api.call("DELETE", f"/contexts/{i}")
+                return status, (time.perf_counter() - t0) * 1000
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(conns) as pool:
+                done = list(pool.map(one, batch))
+            wall = time.monotonic() - t0
+            bad = [s for s, _ in done if s != 204]
+            if bad or not done:
+                self.failures.append(f"routes, delete, {conns} threads: {len(bad)} of {len(done)} not 204")
+            lat = sorted(ms for _, ms in done)
+            row[conns] = (len(done) / wall if wall else 0.0, statistics.median(lat) if lat else 0.0,
+                          p99(lat) if lat else 0.0)
+        self.form["routes"].append(row)
+        log(f"  routes, delete: {row}")
+
     def sweep(self, ef):
         """The warm searches again with the service's HNSW_EF_SEARCH at `ef`."""
         self.procs.pop().stop()
@@ -620,6 +695,20 @@ class Bench:
                              f"{r['FastAPI peer p50'][-1]:.1f} / {r['FastAPI peer p99'][-1]:.1f} ms | "
                              f"{r['context-api recall']:.3f} | {r['FastAPI peer recall']:.3f} |")
         for f in self.forms:
+            if not f.get("routes"):
+                continue
+            lines += ["", f"## `{f['name']}`: the other routes", "",
+                      "wrk, 15 s a run, on a request file: get by id over 100,000 distinct ids (mostly not",
+                      "cached), list for users of ~100 rows and the five largest, create and batch create",
+                      "with the vectors given (the index maintained by each insert), for a user of the",
+                      "bench's own. Delete: that user's rows, each once, from Python threads (their client",
+                      "time included). The rows written are removed in SQL afterwards.", "",
+                      "| route | req/s, 1 conn | p50 / p99, 1 conn | req/s, 32 | p50 / p99, 32 |",
+                      "|---|--:|--:|--:|--:|"]
+            for r in f["routes"]:
+                cells = [f"{r[c][0]:,.0f} | {r[c][1]:.1f} / {r[c][2]:.1f} ms" if c in r else " | " for c in (1, 32)]
+                lines.append(f"| {r['route']} | " + " | ".join(cells) + " |")
+        for f in self.forms:
             if not f.get("side"):
                 continue
             lines += ["", f"## `{f['name']}`: the API beside its own SQL in pgbench, the same query vectors", "",
@@ -693,6 +782,8 @@ class Bench:
                     self.phase(f"{form}: text and hybrid searches", self.text_modes)
                 if self.args.side_by_side:
                     self.phase(f"{form}: the API beside pgbench", self.side_by_side)
+                if self.args.routes and form == forms[-1]:
+                    self.phase(f"{form}: the other routes", self.routes)
                 if self.args.peer and form == forms[-1]:
                     self.phase(f"{form}: beside the FastAPI peer", self.peer)
                 for ef in [int(v) for v in self.args.ef_search.split(",") if v]:
@@ -734,6 +825,8 @@ def main():
                     help="with the last form: the FastAPI peer (PEER_DIR, default ../shared/peers/fastapi) on the same rows")
     ap.add_argument("--peer-ef-search", default="",
                     help="with --peer: the comparison again with the service at each of these HNSW_EF_SEARCH (e.g. 40)")
+    ap.add_argument("--routes", action="store_true",
+                    help="with the last form: get, list, create, batch create and delete at 1 and 32 connections")
     ap.add_argument("--reuse", action="store_true",
                     help="the database a --keep run left, as it is: no seed; an index of the form asked for is kept")
     ap.add_argument("--smoke", action="store_true")
@@ -741,7 +834,7 @@ def main():
     args = ap.parse_args()
     if args.smoke:
         args.rows, args.users, args.queries, args.maintenance_work_mem = 12_000, 20, 20, "256MB"
-        args.text_modes = True
+        args.text_modes = args.routes = True
     sys.exit(Bench(args).run())
 
 
