@@ -40,6 +40,7 @@ import re
 import sys
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -83,6 +84,8 @@ class Bench:
         self.phases: list[tuple[str, float]] = []
         self.facts: dict[str, object] = {}
         self.failures: list[str] = []
+        # The exact rankings of the peer comparison's searches, by bucket: made once.
+        self.peer_exact: dict[str, list[set[str]]] = {}
 
     def phase(self, name, fn, *a):
         log(f"{name} ...")
@@ -493,15 +496,14 @@ class Bench:
 
     def peer_rounds(self, stacks, keys, work, ef):
         """One comparison: the largest users, then all rows (the exact rankings made once)."""
-        exact_by = self.__dict__.setdefault("peer_exact", {})
         for label, users in self.bucket_list:
             if label.split(" (")[0] not in ("the 5 largest", "all rows"):
                 continue
             bodies = [search_body(users, i, vector=json.loads(q)) for i, q in enumerate(self.query_vectors)]
-            if label not in exact_by:
-                exact_by[label] = [set(self.exact_ids(q, b.get("user_id")))
-                                   for q, b in zip(self.query_vectors, bodies)]
-            exact = exact_by[label]
+            if label not in self.peer_exact:
+                self.peer_exact[label] = [set(self.exact_ids(q, b.get("user_id")))
+                                          for q, b in zip(self.query_vectors, bodies)]
+            exact = self.peer_exact[label]
             requests = wrk.write_requests(work / "requests.tsv",
                                           [("POST", "/contexts/search", json.dumps(b, separators=(",", ":")))
                                            for b in bodies])
@@ -531,9 +533,9 @@ class Bench:
         """The other routes at this size, through wrk at 1 and 32 connections (15 s; 3 in the
         smoke): get by id (100,000 distinct ids, so mostly not cached), list (a user's newest
         20, for users of ~100 rows and the largest), create and batch create (50 items, under
-        the default 1 MiB body) with
-        the vectors given, for a user of the bench's own; then delete, that user's rows each
-        once (wrk would repeat them), from 1 and 32 Python threads. The rows written are
+        the default 1 MiB body) with the vectors given, for a user of the bench's own; then
+        delete, that user's rows each once (wrk would repeat them), from 1 and 32 Python
+        threads. The rows written are
         removed in SQL at the end, so a kept database keeps its rows."""
         writer = "00000000-0000-4000-8000-0000000000aa"
         secs = 3 if self.args.smoke else 15
@@ -582,7 +584,6 @@ class Bench:
 
     def deletes(self, writer):
         """DELETE /contexts/{id} of the writer's rows, each once: 1 thread, then 32."""
-        from concurrent.futures import ThreadPoolExecutor
         ids = [r[0] for r in self.sql("SELECT id::text FROM contexts WHERE user_id = %s::uuid AND is_active",
                                       (writer,))]
         n1 = min(300 if not self.args.smoke else 50, len(ids) // 4)
